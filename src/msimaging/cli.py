@@ -1,0 +1,326 @@
+"""The ``msimaging`` command (DESIGN §6). Exit codes: 0 success, 1 pipeline failure, 2 bad input.
+
+``msimaging run`` wraps Snakemake so users need not know its flags, and never hides them:
+everything after ``--`` goes to Snakemake unchanged, and the command it runs is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from msimaging import __version__
+
+log = logging.getLogger("msimaging")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad usage or invalid input: exit 2 with one readable line per problem."""
+
+    def __init__(self, *problems: str):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="msimaging", description="MRI imaging endpoints for MS clinical trials.")
+    p.add_argument("--version", action="version", version=f"msimaging {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the pipeline on a BIDS dataset")
+    run.add_argument("bids_dir", type=Path)
+    run.add_argument("output_dir", type=Path)
+    run.add_argument("--participant-label", nargs="+", default=[], metavar="S")
+    run.add_argument("--cores", type=int, default=max(1, os.cpu_count() or 1))
+    run.add_argument("--profile", default=None, help="'default', 'slurm' or a profile directory")
+    run.add_argument("--outcome-dataset", type=Path, default=None, metavar="CSV")
+    run.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides")
+    run.add_argument("--dry-run", action="store_true")
+    run.epilog = "Arguments after '--' are passed to snakemake unchanged."
+
+    demo = sub.add_parser("demo", help="make a phantom study, run everything, print the endpoints")
+    demo.add_argument("output_dir", type=Path, nargs="?", default=Path("demo"))
+    demo.add_argument("--cores", type=int, default=max(1, os.cpu_count() or 1))
+    demo.add_argument("--resolution", type=float, default=2.0)
+    demo.add_argument("--seed", type=int, default=1)
+
+    ph = sub.add_parser("phantom", help="write a phantom BIDS study with known truth")
+    ph.add_argument("out_dir", type=Path)
+    ph.add_argument("--subjects", type=int, default=1)
+    ph.add_argument("--sessions", type=int, default=2)
+    ph.add_argument("--resolution", type=float, nargs="+", default=[2.0], metavar="MM",
+                    help="voxel size in mm: one value (isotropic) or three (e.g. 0.7 0.7 3)")
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--orientation", choices=["RAS", "LPS", "oblique"], default="RAS")
+    ph.add_argument("--no-skull", action="store_true")
+    ph.add_argument("--lesion-masks", type=Path, default=None,
+                    help="folder of real MNI lesion masks (default: ../shared/data/ms-lesion-masks when present)")
+
+    ev = sub.add_parser("evaluate", help="compare a lesion mask with a reference mask")
+    ev.add_argument("pred_mask", type=Path)
+    ev.add_argument("truth_mask", type=Path)
+    ev.add_argument("--min-volume-mm3", type=float, default=10.0)
+    ev.add_argument("--min-voxels", type=int, default=3)
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    va = sub.add_parser("validate", help="check a BIDS dataset's inputs")
+    va.add_argument("bids_dir", type=Path)
+    va.add_argument("--participant-label", nargs="+", default=[], metavar="S")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    args = _parser().parse_args(argv)
+    args.snakemake_args = extra
+    if extra and args.command != "run":
+        print("msimaging: error: arguments after '--' are only accepted by 'run'", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(COMMANDS[args.command](args))
+    except UsageError as exc:
+        for line in exc.problems:
+            print(f"msimaging: error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("msimaging: interrupted", file=sys.stderr)
+        return 130
+
+
+# --- run ------------------------------------------------------------------------------------------
+
+
+def _effective_config(bids_dir: Path, labels: list[str], overrides: list[str],
+                      outcome: Path | None) -> dict[str, Any]:
+    from msimaging.config import ConfigError, deep_merge, load_config, parse_override
+
+    update: dict[str, Any] = {"bids_dir": str(bids_dir.resolve()),
+                              "participant_label": [lab.removeprefix("sub-") for lab in labels]}
+    try:
+        for text in overrides:
+            update = deep_merge(update, parse_override(text))
+        if outcome is not None:
+            update = deep_merge(update, {"outcome": {"dataset": str(outcome.resolve())}})
+        return load_config(update)
+    except ConfigError as exc:
+        raise UsageError(*str(exc).splitlines()) from exc
+
+
+def _profile_dir(profile: str | None) -> Path | None:
+    from msimaging.resources import PROFILES_DIR
+
+    if profile is None:
+        return None
+    candidate = PROFILES_DIR / profile
+    if candidate.is_dir():
+        return candidate
+    if Path(profile).is_dir():
+        return Path(profile).resolve()
+    raise UsageError(f"--profile {profile!r}: no such profile (choose from "
+                     f"{sorted(p.name for p in PROFILES_DIR.iterdir() if p.is_dir())} or give a directory)")
+
+
+def snakemake_command(output_dir: Path, config_file: Path, cores: int, profile: Path | None,
+                      dry_run: bool, extra: list[str]) -> list[str]:
+    from msimaging.resources import SNAKEFILE
+
+    exe = Path(sys.executable).with_name("snakemake")
+    cmd = [str(exe) if exe.exists() else "snakemake", "--snakefile", str(SNAKEFILE),
+           "--directory", str(output_dir), "--configfile", str(config_file),
+           "--cores", str(cores), "--keep-going", "--rerun-incomplete"]
+    if profile is not None:
+        cmd += ["--profile", str(profile)]
+    if dry_run:
+        cmd += ["--dry-run"]
+    return cmd + list(extra)
+
+
+def write_run_config(output_dir: Path, config: dict[str, Any]) -> Path:
+    """Record the effective configuration in OUTPUT_DIR (rewritten only when it changes)."""
+    from msimaging import io
+
+    path = output_dir / "msimaging_config.yaml"
+    text = yaml.safe_dump(config, sort_keys=True)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        io.write_text(path, text)
+    return path
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from msimaging.bids import discover
+    from msimaging.resources import check_installation
+
+    problems = check_installation()
+    if problems:
+        raise UsageError(*problems)
+    if not args.bids_dir.is_dir():
+        raise UsageError(f"{args.bids_dir}: BIDS directory not found")
+    if args.outcome_dataset is not None and not args.outcome_dataset.is_file():
+        raise UsageError(f"--outcome-dataset {args.outcome_dataset}: file not found")
+    config = _effective_config(args.bids_dir, args.participant_label, args.overrides, args.outcome_dataset)
+    study = discover(args.bids_dir, config["participant_label"] or None)
+    if not study.subjects:
+        raise UsageError(*(study.problems or [f"{args.bids_dir}: no subjects to process"]))
+    for line in study.problems:
+        print(f"msimaging: warning: {line}", file=sys.stderr)
+    out = args.output_dir.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = write_run_config(out, config)
+    cmd = snakemake_command(out, config_file, args.cores, _profile_dir(args.profile), args.dry_run,
+                            list(args.snakemake_args))
+    print("msimaging: running " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
+    rc = subprocess.call(cmd)
+    if args.dry_run:
+        return EXIT_OK if rc == 0 else EXIT_FAILED
+    return finish_run(out, study, config, rc)
+
+
+def finish_run(out: Path, study: Any, config: dict[str, Any], rc: int) -> int:
+    """After Snakemake: fill fail rows for subjects that did not finish, print the summary."""
+    from msimaging import layout as L
+    from msimaging.outcome import failed_subjects, write_partial_outputs
+
+    failed = failed_subjects(out, list(study.subjects))
+    if rc != 0 or failed:
+        write_partial_outputs(out, study, failed)
+        print("msimaging: the run did not complete for every subject:", file=sys.stderr)
+        for sub, (reason, log_path) in failed.items():
+            print(f"  sub-{sub}: {reason} (log: {log_path})", file=sys.stderr)
+        print(f"msimaging: endpoints of the others: {out / L.ENDPOINTS_CSV}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"msimaging: endpoints: {out / L.ENDPOINTS_CSV}")
+    for sub in study.subjects:
+        print(f"msimaging: QC page: {out / L.qc_page(sub)}")
+    return EXIT_OK
+
+
+# --- demo, phantom, evaluate, validate -------------------------------------------------------------
+
+
+def _default_lesion_masks() -> Path | None:
+    from msimaging.resources import ROOT
+
+    candidate = ROOT.parent / "shared" / "data" / "ms-lesion-masks"
+    return candidate if candidate.is_dir() else None
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from msimaging.phantom import PhantomOptions, make_study
+
+    res = args.resolution
+    if len(res) not in (1, 3) or any(r <= 0 or r > 10 for r in res):
+        raise UsageError("--resolution: give one or three voxel sizes in mm, each in (0, 10]")
+    masks = args.lesion_masks if args.lesion_masks is not None else _default_lesion_masks()
+    options = PhantomOptions(
+        subjects=args.subjects, sessions=args.sessions,
+        resolution_mm=res[0] if len(res) == 1 else (res[0], res[1], res[2]),
+        seed=args.seed, orientation=args.orientation, skull=not args.no_skull, lesion_masks_dir=masks,
+    )
+    make_study(args.out_dir, options)
+    print(f"msimaging: phantom study written to {args.out_dir} (truth in {args.out_dir / 'derivatives' / 'truth'})")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from msimaging import io
+    from msimaging import layout as L
+    from msimaging.phantom import PhantomOptions, make_study
+
+    out = args.output_dir.resolve()
+    bids = out / "bids"
+    derivatives = out / "derivatives"
+    print(f"msimaging demo: writing a phantom study to {bids}")
+    make_study(bids, PhantomOptions(subjects=1, sessions=2, resolution_mm=args.resolution, seed=args.seed,
+                                    lesion_masks_dir=_default_lesion_masks()))
+    rc = cmd_run(argparse.Namespace(
+        bids_dir=bids, output_dir=derivatives, participant_label=[], cores=args.cores, profile=None,
+        outcome_dataset=None, overrides=[], dry_run=False, snakemake_args=[]))
+    csv_path = derivatives / L.ENDPOINTS_CSV
+    if csv_path.is_file():
+        print("\nEndpoints (pipeline):")
+        print(_format_table(io.read_table(csv_path)))
+        truth = bids / "derivatives" / "truth" / "endpoints.csv"
+        if truth.is_file():
+            print("\nEndpoints (phantom truth):")
+            print(_format_table(io.read_table(truth)))
+        for sub in sorted({r["subject"] for r in io.read_table(csv_path)}):
+            print(f"\nQC page: {derivatives / L.qc_page(sub)}")
+    return rc
+
+
+def _format_table(rows: list[dict[str, str]], columns: Sequence[str] | None = None) -> str:
+    if not rows:
+        return "(no rows)"
+    cols = list(columns or [c for c in rows[0] if c not in ("pipeline_version", "config_sha256", "inputs_sha256",
+                                                             "qc_notes")])
+    widths = {c: max(len(c), *(len(r.get(c) or "") for r in rows)) for c in cols}
+    lines = ["  ".join(c.rjust(widths[c]) for c in cols)]
+    lines += ["  ".join((r.get(c) or "").rjust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from msimaging.evaluate import evaluate_files
+    from msimaging.io import ImageError
+    from msimaging.lesions import LesionRules
+
+    for p in (args.pred_mask, args.truth_mask):
+        if not p.is_file():
+            raise UsageError(f"{p}: file not found")
+    try:
+        result = evaluate_files(str(args.pred_mask), str(args.truth_mask),
+                                LesionRules(args.min_volume_mm3, args.min_voxels))
+    except ImageError as exc:
+        raise UsageError(str(exc)) from exc
+    d = result.to_dict()
+    if args.json:
+        print(json.dumps(d, indent=2, sort_keys=True))
+    else:
+        for k, v in d.items():
+            print(f"{k:>20}  {v:.4f}" if isinstance(v, float) else f"{k:>20}  {v}")
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from msimaging.validate import validate_study
+
+    study, results = validate_study(args.bids_dir, args.participant_label or None)
+    errors = list(study.problems)
+    n_files = 0
+    for r in results:
+        errors += r.errors
+        n_files += len(r.files)
+        for w in r.warnings:
+            print(f"warning: {w}")
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    if errors or not study.subjects:
+        print(f"msimaging validate: {len(errors)} problem(s) in {args.bids_dir}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"msimaging validate: {len(study.subjects)} subject(s), {n_files} image(s): OK")
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "phantom": cmd_phantom, "evaluate": cmd_evaluate,
+            "validate": cmd_validate}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Image geometry: the one place where nibabel (RAS) and ITK (LPS) conventions meet.
+
+Conventions used everywhere in msimaging:
+
+* A voxel-to-world ``affine`` is a 4x4 numpy array mapping voxel indices ``(i, j, k)`` of an
+  array in nibabel's ``(x, y, z)`` order to **RAS** millimetres (NIfTI convention).
+* ITK / SimpleITK images carry origin, spacing and direction in **LPS** millimetres and store
+  their pixel buffer as ``(z, y, x)``; :func:`to_sitk` and :func:`from_sitk` convert both ways.
+* Transforms are ITK transforms in ITK's *resampling* convention: the transform ``T`` used in
+  ``SimpleITK.Resample(moving, fixed, T)`` maps physical points of ``fixed`` (LPS) to physical
+  points of ``moving``. A file ``from-A_to-B`` holds the transform that puts A onto B's grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import SimpleITK as sitk
+
+FloatArray = npt.NDArray[np.floating]
+
+#: RAS <-> LPS flip (its own inverse).
+LPS_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: Largest deviation from orthonormality (of the direction cosines) that ITK can represent.
+ORTHONORMAL_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A voxel grid in world space: array shape and RAS voxel-to-world affine."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    @property
+    def zooms(self) -> np.ndarray:
+        return voxel_sizes(self.affine)
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return voxel_volume_mm3(self.affine)
+
+    def reference_image(self) -> sitk.Image:
+        """An empty (uint8) SimpleITK image on this grid, usable as a resampling reference."""
+        return to_sitk(np.zeros(self.shape, dtype=np.uint8), self.affine)
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """Voxel edge lengths in mm (the column norms of the 3x3 part)."""
+    return np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
+
+
+def voxel_volume_mm3(affine: np.ndarray) -> float:
+    """Volume of one voxel in mm^3 (absolute determinant of the 3x3 part)."""
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3])))
+
+
+def affine_problems(affine: np.ndarray) -> list[str]:
+    """Reasons why ``affine`` cannot describe a real MRI grid (empty when it can)."""
+    a = np.asarray(affine, dtype=float)
+    if a.shape != (4, 4):
+        return [f"affine has shape {a.shape}, expected 4x4"]
+    if not np.all(np.isfinite(a)):
+        return ["affine contains NaN or infinite values"]
+    problems = []
+    zooms = voxel_sizes(a)
+    if np.any(zooms < 1e-3):
+        return [f"voxel sizes {np.round(zooms, 4).tolist()} mm include a zero: the affine is singular"]
+    if abs(np.linalg.det(a[:3, :3])) < 1e-6:
+        return ["the affine is singular (its voxel axes are linearly dependent)"]
+    cosines = a[:3, :3] / zooms
+    deviation = float(np.abs(cosines.T @ cosines - np.eye(3)).max())
+    if deviation > ORTHONORMAL_TOL:
+        problems.append(
+            f"the voxel axes are not orthogonal (sheared affine, deviation {deviation:.3g}); "
+            "ITK-based tools cannot represent it"
+        )
+    if np.any(zooms > 20.0):
+        problems.append(f"voxel sizes {np.round(zooms, 3).tolist()} mm are implausible for brain MRI")
+    return problems
+
+
+def to_sitk(data: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """A SimpleITK image with ``data`` (x, y, z order) placed by the RAS ``affine``.
+
+    The direction cosines are orthonormalised (ITK requires it); :func:`affine_problems` flags
+    affines where that would move voxels noticeably.
+    """
+    arr = np.asarray(data)
+    if arr.ndim != 3:
+        raise ValueError(f"expected a 3D array, got {arr.ndim}D with shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    lps = LPS_FLIP @ np.asarray(affine, dtype=float)
+    zooms = voxel_sizes(lps)
+    cosines = lps[:3, :3] / zooms
+    u, _, vt = np.linalg.svd(cosines)
+    cosines = u @ vt
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0)))
+    img.SetSpacing([float(z) for z in zooms])
+    img.SetOrigin([float(o) for o in lps[:3, 3]])
+    img.SetDirection([float(c) for c in cosines.ravel()])
+    return img
+
+
+def sitk_affine(img: sitk.Image) -> np.ndarray:
+    """The RAS voxel-to-world affine of a SimpleITK image."""
+    direction = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.asarray(img.GetSpacing(), dtype=float)
+    lps[:3, 3] = img.GetOrigin()
+    return LPS_FLIP @ lps
+
+
+def from_sitk(img: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """``(data, affine)`` of a SimpleITK image, data in (x, y, z) order, affine in RAS."""
+    return sitk.GetArrayFromImage(img).transpose(2, 1, 0), sitk_affine(img)
+
+
+def ras_to_lps_points(points: FloatArray) -> FloatArray:
+    """Flip an (N, 3) array of points between RAS and LPS (the flip is its own inverse)."""
+    pts = np.array(points, dtype=float, copy=True)
+    pts[..., :2] *= -1.0
+    return pts
+
+
+lps_to_ras_points = ras_to_lps_points
+
+
+def voxel_to_world(affine: np.ndarray, ijk: FloatArray) -> FloatArray:
+    """RAS mm of voxel coordinates ``ijk`` (N, 3) under ``affine``."""
+    ijk = np.atleast_2d(np.asarray(ijk, dtype=float))
+    return ijk @ np.asarray(affine, dtype=float)[:3, :3].T + np.asarray(affine, dtype=float)[:3, 3]
+
+
+def world_to_voxel(affine: np.ndarray, xyz: FloatArray) -> FloatArray:
+    """Continuous voxel coordinates of RAS points ``xyz`` (N, 3) under ``affine``."""
+    inv = np.linalg.inv(np.asarray(affine, dtype=float))
+    xyz = np.atleast_2d(np.asarray(xyz, dtype=float))
+    return xyz @ inv[:3, :3].T + inv[:3, 3]
+
+
+def transform_points_ras(transform: sitk.Transform, points_ras: FloatArray) -> FloatArray:
+    """Apply an ITK transform (LPS in, LPS out) to RAS points, returning RAS points."""
+    lps = ras_to_lps_points(np.atleast_2d(points_ras))
+    out = np.array([transform.TransformPoint([float(c) for c in p]) for p in lps], dtype=float)
+    return lps_to_ras_points(out)
+
+
+def affine_matrix_lps(transform: sitk.Transform) -> np.ndarray:
+    """The 4x4 homogeneous matrix (LPS -> LPS) of a linear ITK transform (composites allowed)."""
+    origin = np.zeros(3)
+    basis = np.eye(3)
+    t0 = np.asarray(transform.TransformPoint(tuple(origin)), dtype=float)
+    m = np.eye(4)
+    for axis in range(3):
+        m[:3, axis] = np.asarray(transform.TransformPoint(tuple(basis[axis])), dtype=float) - t0
+    m[:3, 3] = t0
+    return m
+
+
+def affine_transform_from_matrix(matrix_lps: np.ndarray) -> sitk.AffineTransform:
+    """An ITK affine transform from a 4x4 LPS matrix."""
+    tx = sitk.AffineTransform(3)
+    tx.SetMatrix([float(v) for v in np.asarray(matrix_lps)[:3, :3].ravel()])
+    tx.SetTranslation([float(v) for v in np.asarray(matrix_lps)[:3, 3]])
+    return tx
+
+
+def euler_from_matrix(matrix_lps: np.ndarray) -> sitk.Euler3DTransform:
+    """A rigid ITK transform from a 4x4 LPS matrix whose 3x3 part is (close to) a rotation."""
+    m = np.asarray(matrix_lps, dtype=float)
+    u, _, vt = np.linalg.svd(m[:3, :3])
+    rot = u @ vt
+    tx = sitk.Euler3DTransform()
+    tx.SetMatrix([float(v) for v in rot.ravel()])
+    tx.SetTranslation([float(v) for v in m[:3, 3]])
+    return tx
+
+
+def read_transform(path: str | object) -> sitk.Transform:
+    """Read an ITK transform file, flattening a one-element composite."""
+    tx = sitk.ReadTransform(str(path))
+    if isinstance(tx, sitk.CompositeTransform) and tx.GetNumberOfTransforms() == 1:
+        tx = tx.GetNthTransform(0)
+    return tx
+
+
+def write_transform(transform: sitk.Transform, path: str | object) -> None:
+    """Write an ITK transform file (ITK text format)."""
+    sitk.WriteTransform(transform, str(path))
+
+
+def resample(
+    moving: sitk.Image,
+    reference: sitk.Image,
+    transform: sitk.Transform | None = None,
+    interpolation: str = "linear",
+    default: float = 0.0,
+) -> sitk.Image:
+    """Put ``moving`` onto the grid of ``reference`` (transform maps reference -> moving points)."""
+    interpolators = {
+        "nearest": sitk.sitkNearestNeighbor,
+        "linear": sitk.sitkLinear,
+        "bspline": sitk.sitkBSpline,
+        "label": sitk.sitkLabelGaussian,
+    }
+    if interpolation not in interpolators:
+        raise ValueError(f"unknown interpolation {interpolation!r}; use one of {sorted(interpolators)}")
+    tx = transform if transform is not None else sitk.Transform(3, sitk.sitkIdentity)
+    out_type = moving.GetPixelID() if interpolation == "nearest" else sitk.sitkFloat32
+    return sitk.Resample(moving, reference, tx, interpolators[interpolation], float(default), out_type)
+
+
+def resample_array(
+    data: np.ndarray,
+    affine: np.ndarray,
+    grid: Grid,
+    transform: sitk.Transform | None = None,
+    interpolation: str = "linear",
+    default: float = 0.0,
+) -> np.ndarray:
+    """Numpy front end of :func:`resample`: ``data`` on ``affine`` -> array on ``grid``."""
+    moving = to_sitk(np.asarray(data, dtype=np.float32) if interpolation != "nearest" else data, affine)
+    out = resample(moving, grid.reference_image(), transform, interpolation, default)
+    return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+
+
+def resample_mask(
+    mask: np.ndarray,
+    affine: np.ndarray,
+    grid: Grid,
+    transform: sitk.Transform | None = None,
+) -> np.ndarray:
+    """Resample a binary mask by linear interpolation of its indicator, thresholded at 0.5.
+
+    Unlike nearest neighbour this keeps the volume of a mask under sub-voxel shifts and between
+    grids of different voxel sizes.
+    """
+    frac = resample_array(np.asarray(mask, dtype=np.float32), affine, grid, transform, "linear")
+    return frac >= 0.5
+
+
+def brain_points_ras(mask: np.ndarray, affine: np.ndarray, max_points: int = 20000,
+                     seed: int = 0) -> FloatArray:
+    """A deterministic sample of RAS points of the voxels of ``mask`` (for TRE figures)."""
+    ijk = np.argwhere(np.asarray(mask) > 0)
+    if len(ijk) > max_points:
+        rng = np.random.default_rng(seed)
+        ijk = ijk[np.sort(rng.choice(len(ijk), max_points, replace=False))]
+    return voxel_to_world(affine, ijk)
+
+
+def target_registration_error(
+    estimate: sitk.Transform, truth: sitk.Transform, points_ras: FloatArray
+) -> np.ndarray:
+    """Distances in mm between where ``estimate`` and ``truth`` send each point."""
+    a = transform_points_ras(estimate, points_ras)
+    b = transform_points_ras(truth, points_ras)
+    return np.linalg.norm(a - b, axis=1)

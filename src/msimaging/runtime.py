@@ -1,0 +1,66 @@
+"""What every Snakemake script does around its package call: logging, threads, failures.
+
+Scripts are thin (STYLE.md): they open a :func:`step`, read ``snakemake.input``/``params``,
+call one package function and write outputs. Nothing here imports snakemake; the ``smk``
+object is only read through its attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def set_threads(threads: int) -> None:
+    """Hold numerical libraries to ``threads`` (so SLURM allocations are respected)."""
+    n = str(max(1, int(threads)))
+    for var in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "MKL_NUM_THREADS"):
+        os.environ[var] = n
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(n))
+
+
+def configure_logging(log_path: str | os.PathLike[str] | None, level: int = logging.INFO) -> None:
+    """Send the msimaging logger (and warnings) to ``log_path`` (stderr when None)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(True)
+
+
+@contextmanager
+def step(smk: Any, name: str) -> Iterator[logging.Logger]:
+    """Run one rule's work: log to the rule's log file, hold threads, record failures."""
+    log_path = smk.log[0] if len(smk.log) else None
+    configure_logging(log_path)
+    set_threads(getattr(smk, "threads", 1))
+    logger = logging.getLogger(f"msimaging.{name}")
+    wildcards = {k: v for k, v in dict(smk.wildcards).items()}
+    logger.info("start %s %s threads=%s", name, wildcards, getattr(smk, "threads", 1))
+    t0 = time.perf_counter()
+    try:
+        yield logger
+    except Exception as exc:
+        logger.error("%s failed: %s", name, exc)
+        logger.error("details:\n%s", traceback.format_exc())
+        raise
+    logger.info("done %s in %.1f s", name, time.perf_counter() - t0)

@@ -1,0 +1,82 @@
+rule session_endpoints:
+    input:
+        unpack(PLAN.session_endpoint_inputs),
+    output:
+        row=L.session_row("{subject}", "{session}"),
+        lesions=L.lesion_table("{subject}", "{session}"),
+    params:
+        info=PLAN.session_info,
+    log:
+        L.log("session_endpoints", "{subject}", "{session}"),
+    benchmark:
+        L.benchmark("session_endpoints", "{subject}", "{session}")
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/msimaging.yaml"
+    script:
+        "../../scripts/session_endpoints.py"
+
+
+rule subject_endpoints:
+    input:
+        PLAN.subject_endpoint_inputs,
+    output:
+        L.subject_endpoints("{subject}"),
+    log:
+        L.log("subject_endpoints", "{subject}"),
+    benchmark:
+        L.benchmark("subject_endpoints", "{subject}")
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../envs/msimaging.yaml"
+    script:
+        "../../scripts/subject_endpoints.py"
+
+
+rule qc_report:
+    input:
+        PLAN.qc_report_inputs,
+    output:
+        page=L.qc_page("{subject}"),
+        figures=directory(L.figures_dir("{subject}")),
+    params:
+        sessions=PLAN.subject_info,
+    log:
+        L.log("qc_report", "{subject}"),
+    benchmark:
+        L.benchmark("qc_report", "{subject}")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/msimaging.yaml"
+    script:
+        "../../scripts/qc_report.py"
+
+
+rule outcome_dataset:
+    input:
+        unpack(PLAN.group_inputs),
+    output:
+        csv=L.ENDPOINTS_CSV,
+        dictionary=L.ENDPOINTS_JSON,
+        qc=L.QC_TSV,
+    log:
+        "logs/outcome_dataset/group.log",
+    benchmark:
+        "benchmarks/outcome_dataset/group.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/msimaging.yaml"
+    script:
+        "../../scripts/outcome_dataset.py"

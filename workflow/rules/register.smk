@@ -1,0 +1,39 @@
+rule coregister:
+    input:
+        unpack(PLAN.coregister_inputs),
+    output:
+        xfm=L.contrast_xfm("{subject}", "{session}", "{contrast}", "{ref}"),
+        image=L.preproc_image("{subject}", "{session}", "{contrast}", "{ref}"),
+        qc=L.contrast_qc("{subject}", "{session}", "{contrast}", "{ref}"),
+    log:
+        L.log("coregister", "{subject}", "{session}", "{contrast}_to-{ref}"),
+    benchmark:
+        L.benchmark("coregister", "{subject}", "{session}", "{contrast}_to-{ref}")
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/msimaging.yaml"
+    script:
+        "../../scripts/coregister.py"
+
+
+rule register_to_baseline:
+    input:
+        unpack(PLAN.to_baseline_inputs),
+    output:
+        xfm=L.baseline_xfm("{subject}", "{session}"),
+        qc=L.step_json("{subject}", "{session}", "register_to_baseline"),
+    log:
+        L.log("register_to_baseline", "{subject}", "{session}"),
+    benchmark:
+        L.benchmark("register_to_baseline", "{subject}", "{session}")
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/msimaging.yaml"
+    script:
+        "../../scripts/register_to_baseline.py"
