@@ -118,12 +118,12 @@ def session_row(
         for name, changes in (("baseline", changes_bl), ("previous", changes_prev)):
             row[f"new_t2_vs_{name}"] = sum(1 for c in changes if c["status"] == "new")
             row[f"enlarging_t2_vs_{name}"] = sum(1 for c in changes if c["status"] == "enlarging")
-        if gd_mask is not None:
-            row["cua_lesion_count"] = cua_count(labels, changes_prev, gd_mask, affine, rules)
+    if gd_mask is not None:
+        # at baseline no T2 change exists: the active lesions are the Gd+ ones
+        row["cua_lesion_count"] = cua_count(labels, changes_prev, gd_mask, affine, rules)
     for key in ("brain_volume_ml", "icv_ml", "bpf"):
         row[key] = _figure(reports, key)
-    if not is_baseline:
-        row["pbvc_vs_baseline"] = _figure(reports, "pbvc_vs_baseline")
+    row["pbvc_vs_baseline"] = 0.0 if is_baseline else _figure(reports, "pbvc_vs_baseline")
     row["qc_status"] = worst_status(q.status for q in qc)
     row["qc_notes"] = "; ".join(notes)
     row["pipeline_version"] = __version__

@@ -45,6 +45,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -205,6 +209,14 @@ def write_image(path: PathLike, data: np.ndarray, affine: np.ndarray, dtype: Any
     clean_header(img)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
+
+
+def write_transform(path: PathLike, transform: Any) -> None:
+    """Write an ITK transform (text format) atomically."""
+    from msimaging.geometry import write_transform as _write
+
+    with atomic_path(path) as tmp:
+        _write(transform, tmp)
 
 
 def write_mask(path: PathLike, mask: np.ndarray, affine: np.ndarray) -> None:

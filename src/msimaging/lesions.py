@@ -63,12 +63,12 @@ class Lesion:
 
 
 def lesion_stats(labels: np.ndarray, affine: np.ndarray) -> list[Lesion]:
-    """Volume and RAS centroid of every labelled lesion, in lesion_id order."""
-    n = int(labels.max()) if labels.size else 0
-    if n == 0:
+    """Volume and RAS centroid of every label present (ids need not be consecutive)."""
+    labels = np.asarray(labels)
+    index = np.setdiff1d(np.unique(labels), [0])
+    if index.size == 0:
         return []
-    index = np.arange(1, n + 1)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    counts = np.bincount(labels.ravel())[index]
     centroids = np.asarray(ndi.center_of_mass(np.ones_like(labels, dtype=np.uint8), labels, index))
     world = voxel_to_world(affine, centroids.reshape(-1, 3))
     vox = voxel_volume_mm3(affine)

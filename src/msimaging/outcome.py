@@ -58,7 +58,7 @@ DICTIONARY: dict[str, dict[str, Any]] = {
                             "config": ["enhancing.z_threshold", "enhancing.min_volume_mm3"]},
     "cua_lesion_count": {**_COUNT, "description": "combined unique active lesions",
                          "definition": "Gd+ lesions + new/enlarging T2 lesions vs the previous visit that overlap no "
-                                       "Gd+ lesion; NA at baseline and when Gd+ is NA"},
+                                       "Gd+ lesion; at baseline the Gd+ lesions only; NA when Gd+ is NA"},
     "brain_volume_ml": {**_ML, "description": "brain parenchymal volume (GM + WM, lesions counted as parenchyma)",
                         "config": ["atrophy.method"]},
     "icv_ml": {**_ML, "description": "intracranial volume"},
@@ -67,7 +67,7 @@ DICTIONARY: dict[str, dict[str, Any]] = {
     "pbvc_vs_baseline": {"type": "number", "unit": "%",
                          "description": "percent brain volume change from baseline",
                          "definition": "from the registered follow-up/baseline pair, not from two independent "
-                                       "segmentations; NA at baseline",
+                                       "segmentations; 0 at baseline by definition",
                          "config": ["atrophy.method"]},
     "qc_status": {"type": "string", "allowed": ["pass", "warn", "fail"], "unit": None,
                   "description": "worst quality-control status of the session's steps"},
