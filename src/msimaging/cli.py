@@ -66,7 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     ph.add_argument("--lesion-masks", type=Path, default=None,
                     help="folder of real MNI lesion masks (default: ../shared/data/ms-lesion-masks when present)")
 
-    ev = sub.add_parser("evaluate", help="compare a lesion mask with a reference mask")
+    ev = sub.add_parser("evaluate", help="compare a lesion mask with a reference mask",
+                        description="Voxel Dice, lesion-wise precision/recall/F1 (a lesion is detected when "
+                                    "it overlaps the other mask), lesion counts and volumes (mL). The "
+                                    "prediction is resampled onto the reference grid when they differ.")
     ev.add_argument("pred_mask", type=Path)
     ev.add_argument("truth_mask", type=Path)
     ev.add_argument("--min-volume-mm3", type=float, default=10.0)
@@ -277,24 +280,24 @@ def _format_table(rows: list[dict[str, str]], columns: Sequence[str] | None = No
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from msimaging.evaluate import evaluate_files
+    from msimaging.evaluate import evaluate_files, format_agreement
     from msimaging.io import ImageError
     from msimaging.lesions import LesionRules
 
     for p in (args.pred_mask, args.truth_mask):
         if not p.is_file():
             raise UsageError(f"{p}: file not found")
+    if args.min_volume_mm3 < 0 or args.min_voxels < 1:
+        raise UsageError("--min-volume-mm3 must be >= 0 and --min-voxels >= 1")
     try:
         result = evaluate_files(str(args.pred_mask), str(args.truth_mask),
                                 LesionRules(args.min_volume_mm3, args.min_voxels))
-    except ImageError as exc:
+    except (ImageError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
-    d = result.to_dict()
     if args.json:
-        print(json.dumps(d, indent=2, sort_keys=True))
+        print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
     else:
-        for k, v in d.items():
-            print(f"{k:>20}  {v:.4f}" if isinstance(v, float) else f"{k:>20}  {v}")
+        print(format_agreement(result))
     return EXIT_OK
 
 
