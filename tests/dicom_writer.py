@@ -45,10 +45,24 @@ PLANTED = {
     "ImageComments": "Patient Jane Doe claustrophobic",
     "RequestingPhysician": "WATSON^JOHN",
 }
-#: Strings that must never appear in any output file (bytes, gzip-decompressed NIfTI included).
-PLANTED_STRINGS = ("DOE^JANE", "Jane Doe", "MRN8675309", "19700101", "Wallaby", "ALTID4242", "ACME",
-                   "Main Street", "HOUSE^GREGORY", "QUINN", "OPERATOR^OLGA", "ACMEMR01", "SN31337",
-                   "ACC991122", "STUDY5566", "claustrophobic", "WATSON")
+#: Strings that must never appear in any output file (bytes, gzip-decompressed NIfTI included):
+#: the planted values and pieces of them that a converter may truncate or reformat. At least 7
+#: characters, so that they cannot turn up by chance in base64 figures of the QC page.
+PLANTED_STRINGS = ("DOE^JANE", "Jane Doe", "MRN8675309", "19700101", "Wallaby", "ALTID4242", "ACME Hospital",
+                   "ACME Neuroradiology", "ACMEMR01", "Main Street", "HOUSE^GREGORY", "QUINN^MICHAELA",
+                   "OPERATOR^OLGA", "SN31337", "ACC991122", "STUDY5566", "FOLLOWUP DOE", "claustrophobic",
+                   "WATSON^JOHN")
+
+
+def find_planted(content: bytes, extra: tuple[str, ...] = ()) -> list[str]:
+    """The planted strings (and ``extra``) found in ``content``: exact case, and also in any case
+    for those with a space or '^' (characters base64 never produces)."""
+    low = content.lower()
+    found = []
+    for s in (*PLANTED_STRINGS, *extra):
+        if s.encode() in content or ((" " in s or "^" in s) and s.lower().encode() in low):
+            found.append(s)
+    return found
 
 
 @dataclass

@@ -256,13 +256,17 @@ _DERIVED_CODES = {"DERIVED", "SECONDARY", "MPR", "MIP", "MINIP", "PROJECTION IMA
 
 
 def derived_reason(meta: Mapping[str, Any]) -> str | None:
-    """Why a series is derived (reformat, projection, subtraction, map), or None."""
+    """Why a series is derived (reformat, projection, subtraction, map), or None.
+
+    ImageType decides when present (an ORIGINAL series named "...MPR..." stays a candidate, and
+    competes with the original if both classify alike); the description only when it is absent.
+    """
     codes = set(_codes(meta, "ImageType"))
     found = sorted(codes & _DERIVED_CODES)
     if found:
         return f"derived series (ImageType {'/'.join(found)})"
-    if re.search(r"\b(mpr|mip|minip|reformat\w*|sub(traction)?|mpr thick|recon)\b", _text(meta)):
-        return "derived series (reformat/projection/subtraction by description)"
+    if not codes and re.search(r"\b(mpr|mip|minip|reformat\w*|sub|subtraction)\b", _text(meta)):
+        return "derived series (reformat/projection/subtraction by description; no ImageType)"
     return None
 
 
@@ -665,7 +669,7 @@ def _series_from_files(uid: str, files: list[tuple[Path, dict[str, Any]]]) -> Se
     iop = pixel_spacing = shape = None
     positions = np.zeros((0, 3))
     frames = int(first.get("NumberOfFrames") or 1)
-    if frames > 1 or len(files) == 1 and frames > 1:
+    if frames > 1:
         meta["NumberOfSlices"] = frames
         meta["NumberOfVolumes"] = 1
         meta["EnhancedMultiFrame"] = True
@@ -681,18 +685,19 @@ def _series_from_files(uid: str, files: list[tuple[Path, dict[str, Any]]]) -> Se
             problem = "ImagePositionPatient missing on some slices"
             meta["NumberOfSlices"] = len(chosen)
         else:
-            unique, counts = np.unique(np.round(pos_all, 3), axis=0, return_counts=True)
-            positions = unique
-            meta["NumberOfSlices"] = len(unique)
+            # Slices at the same position (to 1 um) are repeats: 4D, averages or duplicates.
+            _, first_of, counts = np.unique(np.round(pos_all, 3), axis=0, return_index=True, return_counts=True)
+            positions = pos_all[np.sort(first_of)]
+            meta["NumberOfSlices"] = len(positions)
             meta["NumberOfVolumes"] = int(counts.max())
             if counts.min() != counts.max():
                 problem = "some slice positions occur more often than others (incomplete repeated series)"
             else:
-                problem = stack_problem(unique, iop)
+                problem = stack_problem(positions, iop)
             ps = chosen[0][1].get("PixelSpacing")
             if ps is not None:
                 pixel_spacing = (float(ps[0]), float(ps[1]))
-            shape = (int(first["Columns"]), int(first["Rows"]), len(unique))
+            shape = (int(first["Columns"]), int(first["Rows"]), len(positions))
     else:
         problem = "no ImageOrientationPatient"
         meta["NumberOfSlices"] = len(files)

@@ -62,6 +62,8 @@ PROTOCOLS = [
     ("three slices only", _meta("t2_tse_tra", "SE", 5000, 100, slices=3), SKIPPED, None),
     ("MPR reformat", _meta("t1_mprage_sag_p2_iso_MPR_tra", "GR\\IR", 2300, 2.98, 900,
                            image_type=("DERIVED", "SECONDARY", "MPR")), SKIPPED, None),
+    ("MPR by description when ImageType is missing", _meta("T1 MPR tra", "GR\\IR", 2300, 2.98, 900, image_type=None),
+     SKIPPED, None),
     ("subtraction", _meta("t1_post-pre_SUB", "GR\\IR", 2300, 2.98, 900, image_type=("DERIVED", "PRIMARY", "SUB")),
      SKIPPED, None),
     ("nothing recognisable", _meta("research_seq_07", "RM", None, None), SKIPPED, None),
