@@ -97,8 +97,12 @@ def _ds(value: float) -> str:
 
 def write_series(out_dir: Path, data: np.ndarray, affine: np.ndarray, spec: SeriesSpec, *,
                  study_uid: str, acquired: datetime, patient: dict[str, str] | None = None,
-                 frame_of_reference_uid: str | None = None) -> list[Path]:
-    """Write ``data`` (x, y, z; uint16) on ``affine`` (RAS) as one DICOM file per slice."""
+                 frame_of_reference_uid: str | None = None, series_uid: str | None = None,
+                 echo_number: int = 1) -> list[Path]:
+    """Write ``data`` (x, y, z; uint16) on ``affine`` (RAS) as one DICOM file per slice.
+
+    Calling it again with the same ``series_uid`` and another ``echo_number`` (and TE) adds an
+    echo to the series (a PD/T2 dual-echo acquisition)."""
     arr = np.asarray(data)
     if arr.ndim != 3:
         raise ValueError("a 3D volume is needed")
@@ -106,7 +110,7 @@ def write_series(out_dir: Path, data: np.ndarray, affine: np.ndarray, spec: Seri
     lps = LPS @ np.asarray(affine, dtype=float)
     zooms = np.linalg.norm(lps[:3, :3], axis=0)
     row_cos, col_cos = lps[:3, 0] / zooms[0], lps[:3, 1] / zooms[1]
-    series_uid = generate_uid()
+    series_uid = series_uid or generate_uid()
     frame_uid = frame_of_reference_uid or generate_uid()
     out_dir.mkdir(parents=True, exist_ok=True)
     tags = dict(PLANTED)
@@ -118,7 +122,7 @@ def write_series(out_dir: Path, data: np.ndarray, affine: np.ndarray, spec: Seri
         sop_uid = generate_uid()
         meta.MediaStorageSOPInstanceUID = sop_uid
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        path = out_dir / f"IM{spec.number:03d}_{k + 1:04d}.dcm"
+        path = out_dir / f"IM{spec.number:03d}_{echo_number}_{k + 1:04d}.dcm"
         ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID = MR_IMAGE_STORAGE
         ds.SOPInstanceUID = sop_uid
@@ -137,7 +141,7 @@ def write_series(out_dir: Path, data: np.ndarray, affine: np.ndarray, spec: Seri
         ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = day
         ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = tod
         ds.SeriesNumber = spec.number
-        ds.InstanceNumber = k + 1
+        ds.InstanceNumber = (echo_number - 1) * arr.shape[2] + k + 1
         ds.AcquisitionNumber = 1
         ds.SeriesDescription = spec.description
         ds.ProtocolName = spec.description
@@ -154,7 +158,7 @@ def write_series(out_dir: Path, data: np.ndarray, affine: np.ndarray, spec: Seri
         if spec.ti is not None:
             ds.InversionTime = _ds(spec.ti)
         ds.FlipAngle = _ds(spec.flip)
-        ds.EchoNumbers = 1
+        ds.EchoNumbers = echo_number
         ds.EchoTrainLength = 1
         ds.PixelBandwidth = "200"
         if spec.contrast_agent is not None:

@@ -280,3 +280,23 @@ def test_two_patients_in_one_folder_are_refused_without_naming_them(visits, tmp_
     assert "2 different patients" in err
     for s in ("ROE", "MRN5550100", "DOE", "MRN8675309"):
         assert s not in out + err
+
+
+def test_dual_echo_pd_t2_series_imports_its_t2_echo(phantom, tmp_path):
+    vols = _volumes(phantom, "M00")
+    (t2, aff), (flair, _) = vols["T2w"], vols["FLAIR"]
+    pd = (t2 // 2 + 300).astype(np.uint16)  # another image on the same grid: the first echo
+    dcm, uid = tmp_path / "dicom", "1.2.826.0.1.3680043.8.498.1"
+    for echo, (data, te) in enumerate(((pd, 12.0), (t2, 96.0)), start=1):
+        spec = SeriesSpec(2, "pd+t2_tse_tra", tr=3000, te=te, flip=150, scanning_sequence="SE")
+        write_series(dcm / "s002", data, aff, spec, study_uid="1.2.3", acquired=VISIT_TIMES["M00"],
+                     series_uid=uid, echo_number=echo)
+    result = dicom.run_import(dcm, tmp_path / "bids", "p01", "M00")
+    assert result.problems == [] and list(result.written) == ["T2w"]
+    assert result.series[0].meta["EchoTimes"] == (12.0, 96.0)
+    img = nib.load(str(result.written["T2w"]))
+    data, aff_out = _in_source_order(np.asarray(img.dataobj), io.image_affine(img), aff)
+    np.testing.assert_array_equal(data, t2)
+    assert np.abs(aff_out - aff).max() < 1e-3
+    side = json.loads(result.written["T2w"].with_name("sub-p01_ses-M00_T2w.json").read_text())
+    assert side["EchoTime"] == pytest.approx(0.096)
