@@ -397,3 +397,96 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
     soft = 1.0 / (1.0 + np.exp(-(frac - options.pv_fraction) / 0.1))
     prob = np.where(labels > 0, soft * keep_lut[owner], 0.0).astype(np.float32)
     return prob, figures
+
+
+# --- the whole segmentation --------------------------------------------------------------------
+
+#: Contrasts that inform the tissue model besides the hyperintensity contrast (never ce-T1w:
+#: enhancement would be mistaken for tissue contrast).
+MODEL_CONTRASTS = ("T1w", "T2w")
+
+
+@dataclass
+class Segmentation:
+    """Lesion probability (float32 0..1), lesion labels (int32, :func:`label_lesions`) and figures."""
+
+    prob: np.ndarray
+    labels: np.ndarray
+    figures: dict[str, Any]
+
+
+def hyper_contrast(images: Mapping[str, np.ndarray]) -> str:
+    """The contrast lesions are hyperintense on: FLAIR, else T2w."""
+    for c in ("FLAIR", "T2w"):
+        if c in images:
+            return c
+    raise ValueError(f"lesion segmentation needs FLAIR or T2w, got {sorted(images)}")
+
+
+def segment_lesions(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray,
+                    priors: TissuePriors, options: SegmentOptions = SegmentOptions(),
+                    rules: LesionRules = LesionRules()) -> Segmentation:
+    """Segment T2/FLAIR lesions of one session (all arrays on one grid, ``affine`` RAS).
+
+    ``images`` holds FLAIR (or T2w) and optionally T1w/T2w, co-registered; ``priors`` are the
+    template tissue maps on the same grid. The binary mask is ``labels > 0``, which is exactly
+    ``label_lesions(prob >= options.threshold)``.
+    """
+    brain = np.asarray(brain) > 0
+    hyper = hyper_contrast(images)
+    used = {hyper: np.asarray(images[hyper], dtype=np.float32)}
+    used.update({c: np.asarray(images[c], dtype=np.float32) for c in MODEL_CONTRASTS
+                 if c in images and c != hyper})
+    if options.prior_smoothing_mm > 0:
+        priors = TissuePriors(*(smooth_mm(m, affine, options.prior_smoothing_mm)
+                                for m in (priors.csf, priors.gm, priors.wm)))
+    ev = tissue_evidence(used, affine, brain, priors, options, hyper=hyper)
+    prob, figures = detect_lesions(used[hyper], affine, brain, ev, priors, options)
+    figures.pop("_components", None)
+    labels = label_lesions(prob >= options.threshold, affine, rules)
+    figures.update(ev.figures)
+    figures.update({"contrasts": sorted(used), "hyper_contrast": hyper, "lesion_count": int(labels.max()),
+                    "lesion_volume_ml": total_volume_ml(labels, affine)})
+    return Segmentation(prob=prob, labels=labels, figures=figures)
+
+
+def run_segment_lesions(inputs: Mapping[str, str], out_prob: str, out_mask: str, out_dseg: str,
+                        out_json: str, subject: str, session: str, cfg: Mapping[str, Any]) -> None:
+    """Segment the lesions of one session and write DESIGN §3's probseg, mask and dseg.
+
+    ``inputs`` maps contrast names (FLAIR, T2w, T1w, ...) to preprocessed images on the session
+    reference grid, plus ``brain`` (brain mask) and ``template_xfm`` (template -> session,
+    ITK resampling convention; optional: without it the tissue priors are flat).
+    """
+    from msimaging import io
+    from msimaging.geometry import read_transform
+    from msimaging.qc import QCReport
+
+    options = SegmentOptions.from_config(cfg)
+    rules = rules_from_config(dict(cfg))
+    brain, affine = io.read_mask(inputs["brain"])
+    images = {}
+    for c in ("FLAIR", "T2w", "T1w"):
+        if c in inputs:
+            data, aff = io.read_image(inputs[c])
+            if data.shape != brain.shape or not np.allclose(aff, affine, atol=1e-3):
+                raise ValueError(f"{c} is not on the session reference grid")
+            images[c] = data
+    if "template_xfm" in inputs:
+        priors = tissue_priors(Grid(brain.shape, affine), read_transform(inputs["template_xfm"]))
+    else:
+        priors = flat_priors(brain.shape)
+    seg = segment_lesions(images, affine, brain, priors, options, rules)
+    io.write_image(out_prob, seg.prob, affine, dtype=np.float32)
+    io.write_mask(out_mask, seg.labels > 0, affine)
+    io.write_image(out_dseg, seg.labels, affine, dtype=np.int32)
+    report = QCReport(subject, session)
+    report.figures["t2_lesion_count"] = int(seg.labels.max())
+    report.figures["t2_lesion_volume_ml"] = total_volume_ml(seg.labels, affine)
+    for k, v in seg.figures.items():
+        if isinstance(v, (int, float)):
+            report.figures[f"segment_{k}"] = v
+    report.add("segment_lesions", "lesions", "count", int(seg.labels.max()))
+    report.add("segment_lesions", "lesions", "contrasts", "+".join(seg.figures["contrasts"]))
+    io.write_json(out_json, report.to_dict())
+    log.info("%s %s: %d lesions, %.2f mL", subject, session, seg.labels.max(), seg.figures["lesion_volume_ml"])
