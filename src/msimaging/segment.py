@@ -55,8 +55,8 @@ class SegmentOptions:
     seed_z_wm: float = 5.0           # ... and above local NAWM by this many NAWM SDs
     grow_z_wm: float = 2.0           # growth: FLAIR above local NAWM by at least this ...
     grow_mm: float = 2.0             # ... within this distance of a seed ...
-    pv_fraction: float = 0.5         # ... and lesion fraction >= this (partial volume border)
-    contrast_method: str = "integral"  # lesion contrast: "integral" (PV-consistent) or "core"
+    pv_fraction: float = 0.55        # ... and lesion fraction >= this (partial volume border)
+    contrast_method: str = "core"    # lesion contrast: "core" (seeds' 90th percentile) or "integral"
     max_cortex_fraction: float = 0.5  # components mostly in cortex are dropped
     surface_mm: float = 2.0          # voxels within this distance of the brain surface ...
     max_surface_fraction: float = 0.5  # ... may be at most this fraction of a component
