@@ -172,24 +172,73 @@ def run_n4(image_path: str, out_path: str, cfg: dict) -> dict:
     return {"bias_field_p01": float(lo), "bias_field_p99": float(hi)}
 
 
+def brain_mask_template(data: np.ndarray, affine: np.ndarray, refine: bool = True,
+                        options: object | None = None) -> tuple[np.ndarray, sitk.Transform, dict[str, float]]:
+    """Brain mask of a raw (skull, neck) image: the MNI152 brain envelope carried by registration.
+
+    1. a rough template-free mask (:func:`brain_mask_morphological`) starts the search;
+    2. the skull-stripped MNI152 T1 is registered to the image inside that mask and a margin
+       (similarity, then affine; mutual information, so any contrast works: FLAIR-only too);
+    3. the template's brain envelope (parenchyma, ventricles, sulcal CSF) is resampled onto
+       the image grid (partial volume kept, thresholded at 0.5);
+    4. ``refine``: the mask is held to the head (no voxel in the air outside the head or beyond
+       the field of view) and its holes filled.
+
+    Returns ``(mask, transform, figures)``: the transform puts template maps onto the image grid
+    (image points -> template points, ITK resampling convention); figures hold the NMI of the
+    image and the warped template, and the volume (mL) of the rough and final masks.
+    """
+    from msimaging.geometry import Grid, resample_array
+    from msimaging.register import register_template
+    from msimaging.template import load_template
+
+    rough = brain_mask_morphological(data, affine)
+    xfm, nmi = register_template(data, affine, rough, options)  # type: ignore[arg-type]
+    tpl = load_template()
+    frac = resample_array(tpl.brain_fraction, tpl.affine, Grid(tuple(data.shape), affine), xfm)  # type: ignore[arg-type]
+    mask = frac >= 0.5
+    if refine:
+        head = head_mask(data, affine)
+        mask = fill_holes_slicewise(largest_component(mask & ndi.binary_dilation(head, ball(2.0, affine))))
+    vox_ml = float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    dice = 2.0 * float((rough & mask).sum()) / max(float(rough.sum() + mask.sum()), 1.0)
+    figures = {"template_nmi": float(nmi), "rough_volume_ml": float(rough.sum() * vox_ml),
+               "volume_ml": float(mask.sum() * vox_ml), "dice_vs_morphological": dice}
+    return mask, xfm, figures
+
+
 def run_brain_mask(ref_path: str, out_mask: str, out_template_xfm: str, out_json: str,
                    subject: str, session: str, cfg: dict) -> None:
-    """Brain mask of the session reference image, and the template -> session transform."""
-    from msimaging import io
-    from msimaging.geometry import voxel_volume_mm3, write_transform
-    from msimaging.qc import QCReport
-    from msimaging.register import register_template
+    """Brain mask of the session reference image, and the template -> session transform.
 
+    QC: the mask volume (plausible adult range), the template similarity (NMI) and the
+    agreement of the template mask with the template-free one (a failed template registration
+    shows as a low Dice between the two).
+    """
+    from msimaging import io
+    from msimaging.qc import QCReport, threshold_status
+    from msimaging.register import template_options
+
+    bcfg = cfg.get("brain_mask", {})
     data, affine = io.read_image(ref_path)
-    brain = brain_mask_morphological(data, affine)
-    xfm, similarity = register_template(data, affine, brain)
+    brain, xfm, figures = brain_mask_template(data, affine, refine=bool(bcfg.get("refine", True)),
+                                              options=template_options(cfg.get("registration", {})))
+    agreement = figures["dice_vs_morphological"]
     io.write_mask(out_mask, brain, affine)
-    write_transform(xfm, out_template_xfm)
+    io.write_transform(out_template_xfm, xfm)
     report = QCReport(subject, session)
-    volume_ml = float(brain.sum() * voxel_volume_mm3(affine) / 1000)
-    status = "pass" if 800 <= volume_ml <= 2200 else "warn"
+    volume_ml = figures["volume_ml"]
+    lo, hi = float(bcfg.get("min_volume_ml", 800.0)), float(bcfg.get("max_volume_ml", 2200.0))
+    status = "pass" if lo <= volume_ml <= hi else "warn"
     report.add("brain_mask", "brain", "volume_ml", round(volume_ml, 1), status,
-               "" if status == "pass" else f"brain mask volume {volume_ml:.0f} mL is outside 800-2200 mL")
-    report.add("brain_mask", "template", "nmi", round(similarity, 4))
+               "" if status == "pass" else f"brain mask volume {volume_ml:.0f} mL is outside {lo:.0f}-{hi:.0f} mL")
+    nmi = figures["template_nmi"]
+    st = threshold_status(nmi, float(bcfg.get("warn_template_nmi", 1.05)), float(bcfg.get("fail_template_nmi", 1.02)))
+    report.add("brain_mask", "template", "nmi", round(nmi, 4), st,
+               "" if st == "pass" else f"template registration similarity {nmi:.3f} is low; check the brain mask")
+    st = threshold_status(agreement, 0.80, 0.60)
+    report.add("brain_mask", "template", "dice_vs_morphological", round(agreement, 4), st,
+               "" if st == "pass" else f"template and morphological brain masks disagree (Dice {agreement:.2f})")
     report.figures["brain_mask_volume_ml"] = volume_ml
+    report.figures.update({k: round(v, 4) for k, v in figures.items()})
     io.write_json(out_json, report.to_dict())
