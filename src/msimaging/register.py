@@ -145,7 +145,7 @@ def transform_from_matrix(kind: str, matrix_lps: np.ndarray, centre: Sequence[fl
 
     A centre inside the brain decouples rotation from translation for the optimiser. For
     ``rigid`` the linear part is projected on the nearest rotation; for ``similarity`` on the
-    nearest rotation times the mean scale.
+    nearest rotation times the mean scale; the centre still goes where ``matrix_lps`` sends it.
     """
     m = np.asarray(matrix_lps, dtype=float)
     lin = m[:3, :3]
@@ -163,8 +163,9 @@ def transform_from_matrix(kind: str, matrix_lps: np.ndarray, centre: Sequence[fl
         tx.SetScale(scale)  # type: ignore[attr-defined]
     else:
         tx.SetMatrix([float(v) for v in lin.ravel()])  # type: ignore[attr-defined]
-    # T(x) = L (x - c) + c + t' must equal L x + offset  =>  t' = offset - c + L c
-    tx.SetTranslation([float(v) for v in m[:3, 3] - c + lin @ c])  # type: ignore[attr-defined]
+    # T(x) = L (x - c) + c + t' with T(c) = M(c)  =>  t' = M(c) - c: equal to M when L is M's
+    # linear part; for a projected L the centre (the brain) still goes where M sends it
+    tx.SetTranslation([float(v) for v in m[:3, :3] @ c + m[:3, 3] - c])  # type: ignore[attr-defined]
     return tx
 
 
@@ -209,8 +210,17 @@ def _run_level(f: sitk.Image, m: sitk.Image, mask: sitk.Image | None, tx: sitk.T
         numberOfIterations=int(options.iterations), relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetInitialTransform(tx, inPlace=True)
+    start = np.asarray(tx.GetParameters(), dtype=float)
+    before = float(reg.MetricEvaluate(f, m))
     reg.Execute(f, m)
-    return float(reg.GetMetricValue()), int(reg.GetOptimizerIteration())
+    after = float(reg.MetricEvaluate(f, m))
+    if not after <= before:
+        # the optimiser wandered off (same samples, worse metric): keep where the level started
+        level = logging.WARNING if after - before > 0.01 * abs(before) else logging.DEBUG
+        log.log(level, "level %.1f mm made the metric worse (%.4f -> %.4f); keeping its start", spacing, before, after)
+        tx.SetParameters([float(v) for v in start])
+        return before, int(reg.GetOptimizerIteration())
+    return after, int(reg.GetOptimizerIteration())
 
 
 def _implausible_jump(before: np.ndarray, after: np.ndarray, centre: Sequence[float]) -> str:
@@ -314,6 +324,45 @@ def rigid_register(
     """Rigid registration of ``moving`` to ``fixed`` (see :func:`register`): (transform, metric)."""
     res = register(fixed, moving, fixed_mask, "rigid", options, initial, moving_mask)
     return res.transform, res.metric  # type: ignore[return-value]
+
+
+# --- the two rigid registrations of the workflow ------------------------------------------------
+
+#: Margin (mm) around the fixed brain mask where the metric samples: the brain's edge is the
+#: strongest feature of skull-stripped alignment, so it is kept inside the sampled region.
+EDGE_MARGIN_MM = 3.0
+
+
+def _edge_region(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    from msimaging.preprocess import ball
+
+    return ndi.binary_dilation(np.asarray(brain, dtype=bool), ball(EDGE_MARGIN_MM, affine))
+
+
+def coregister_contrast(reference: ImagePair, brain: np.ndarray, moving: ImagePair,
+                        options: RegistrationOptions = RegistrationOptions()) -> RegistrationResult:
+    """Rigid ``from-<contrast>_to-<ref>``: a contrast of one session onto its reference image.
+
+    Mutual information inside the reference brain mask and a margin; the start is the scanner's
+    world coordinates (one session, one scanner frame). The transform maps reference points to
+    points of the moving contrast.
+    """
+    return register(reference, moving, _edge_region(brain, reference[1]), "rigid", options)
+
+
+def register_to_baseline(baseline: ImagePair, baseline_brain: np.ndarray, followup: ImagePair,
+                         followup_brain: np.ndarray,
+                         options: RegistrationOptions = RegistrationOptions()) -> RegistrationResult:
+    """Rigid ``from-session_to-baseline``: a follow-up reference image onto the baseline one.
+
+    Visits are in different scanner frames, so the search starts from the brain centroids; the
+    metric samples the baseline brain and a margin. The transform maps baseline points to
+    follow-up points.
+    """
+    return register(baseline, followup, _edge_region(baseline_brain, baseline[1]), "rigid", options,
+                    moving_mask=followup_brain)
 
 
 # --- similarity figures -------------------------------------------------------------------------
@@ -639,12 +688,7 @@ def run_coregister(moving_path: str, ref_path: str, brain_path: str, out_xfm: st
         on_ref = ref
     else:
         moving = io.read_image(moving_path)
-        from scipy import ndimage as ndi
-
-        from msimaging.preprocess import ball
-
-        region = ndi.binary_dilation(brain, ball(3.0, ref_affine))
-        res = register((ref, ref_affine), moving, region, "rigid", options_from_config(rcfg))
+        res = coregister_contrast((ref, ref_affine), brain, moving, options_from_config(rcfg))
         xfm = res.transform
         on_ref = resample_array(moving[0], moving[1], grid, xfm, "linear")
         checks = registration_checks(ref, on_ref, brain, ref_affine, xfm, same_contrast=False,
@@ -673,10 +717,7 @@ def run_to_baseline(fu_path: str, fu_brain: str, bl_path: str, bl_brain: str, ou
     metric runs on the baseline brain and a 3 mm margin (its edge); QC compares the baseline with
     the follow-up resampled onto the baseline grid.
     """
-    from scipy import ndimage as ndi
-
     from msimaging import io
-    from msimaging.preprocess import ball
     from msimaging.qc import QCReport
 
     rcfg = cfg.get("registration", {})
@@ -684,8 +725,7 @@ def run_to_baseline(fu_path: str, fu_brain: str, bl_path: str, bl_brain: str, ou
     bl_mask, _ = io.read_mask(bl_brain)
     fu = io.read_image(fu_path)
     fu_mask, _ = io.read_mask(fu_brain)
-    region = ndi.binary_dilation(bl_mask, ball(3.0, bl_affine))
-    res = register((bl, bl_affine), fu, region, "rigid", options_from_config(rcfg), moving_mask=fu_mask)
+    res = register_to_baseline((bl, bl_affine), bl_mask, fu, fu_mask, options_from_config(rcfg))
     xfm = res.transform
     warped = resample_array(fu[0], fu[1], Grid(bl.shape, bl_affine), xfm)
     report = QCReport(subject, session)
@@ -704,7 +744,8 @@ def run_to_baseline(fu_path: str, fu_brain: str, bl_path: str, bl_brain: str, ou
 
 __all__ = [
     "RegistrationOptions", "RegistrationResult", "RegistrationQC", "register", "rigid_register",
+    "coregister_contrast", "register_to_baseline",
     "register_template", "normalised_correlation", "normalised_mutual_information", "gradient_correlation",
     "registration_checks", "plot_registration", "resample_halfway", "transform_from_matrix", "centred_euler",
-    "run_coregister", "run_to_baseline", "options_from_config", "euler_from_matrix", "math",
+    "run_coregister", "run_to_baseline", "options_from_config", "euler_from_matrix",
 ]
