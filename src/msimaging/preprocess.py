@@ -26,6 +26,26 @@ def ball(radius_mm: float, affine: np.ndarray) -> np.ndarray:
     return sum(g ** 2 for g in grids) <= radius_mm ** 2 + 1e-6
 
 
+def dilate_mm(mask: np.ndarray, radius_mm: float, affine: np.ndarray) -> np.ndarray:
+    """Dilation by a Euclidean ball of ``radius_mm`` on the (anisotropic) grid of ``affine``."""
+    return ndi.binary_dilation(np.asarray(mask, dtype=bool), ball(radius_mm, affine))
+
+
+def erode_mm(mask: np.ndarray, radius_mm: float, affine: np.ndarray) -> np.ndarray:
+    """Erosion by a ball of ``radius_mm``; the edge of the field of view is not background."""
+    return ndi.binary_erosion(np.asarray(mask, dtype=bool), ball(radius_mm, affine), border_value=1)
+
+
+def close_mm(mask: np.ndarray, radius_mm: float, affine: np.ndarray) -> np.ndarray:
+    """Morphological closing by a ball of ``radius_mm`` (dilation, then erosion)."""
+    return erode_mm(dilate_mm(mask, radius_mm, affine), radius_mm, affine)
+
+
+def open_mm(mask: np.ndarray, radius_mm: float, affine: np.ndarray) -> np.ndarray:
+    """Morphological opening by a ball of ``radius_mm`` (erosion, then dilation)."""
+    return dilate_mm(erode_mm(mask, radius_mm, affine), radius_mm, affine)
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     labels, n = ndi.label(mask)
     if n == 0:
@@ -58,9 +78,9 @@ def head_mask(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     hi = np.percentile(positive, 99.5)
     thr = otsu_threshold(np.clip(positive, 0, hi)) * 0.5
     mask = data > thr
-    mask = ndi.binary_opening(mask, ball(2.0, affine))
+    mask = open_mm(mask, 2.0, affine)
     mask = largest_component(mask)
-    mask = ndi.binary_closing(mask, ball(4.0, affine), iterations=1)
+    mask = close_mm(mask, 4.0, affine)
     return fill_holes_slicewise(mask)
 
 
@@ -127,10 +147,10 @@ def brain_mask_morphological(data: np.ndarray, affine: np.ndarray) -> np.ndarray
     vals = data[head]
     thr = otsu_threshold(np.clip(vals, 0, np.percentile(vals, 99.5)))
     tissue = (data > 0.6 * thr) & head
-    core = ndi.binary_erosion(tissue, ball(4.0, affine))
+    core = erode_mm(tissue, 4.0, affine)
     core = largest_component(core)
-    brain = ndi.binary_dilation(core, ball(4.0, affine)) & tissue
-    brain = ndi.binary_closing(brain, ball(6.0, affine))
+    brain = dilate_mm(core, 4.0, affine) & tissue
+    brain = close_mm(brain, 6.0, affine)
     return fill_holes_slicewise(brain)
 
 
@@ -203,7 +223,7 @@ def brain_mask_template(data: np.ndarray, affine: np.ndarray, refine: bool = Tru
     mask = frac >= 0.5
     if refine:
         head = head_mask(data, affine)
-        mask = fill_holes_slicewise(largest_component(mask & ndi.binary_dilation(head, ball(2.0, affine))))
+        mask = fill_holes_slicewise(largest_component(mask & dilate_mm(head, 2.0, affine)))
     vox_ml = float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
     dice = 2.0 * float((rough & mask).sum()) / max(float(rough.sum() + mask.sum()), 1.0)
     figures = {"template_nmi": float(nmi), "rough_volume_ml": float(rough.sum() * vox_ml),

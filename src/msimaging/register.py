@@ -184,7 +184,8 @@ def mask_centroid_lps(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 
 def _run_level(f: sitk.Image, m: sitk.Image, mask: sitk.Image | None, tx: sitk.Transform, spacing: float,
-               options: RegistrationOptions, step_mm: float | None = None) -> tuple[float, int]:
+               options: RegistrationOptions, step_mm: float | None = None,
+               search: bool = False) -> tuple[float, int]:
     reg = sitk.ImageRegistrationMethod()
     if options.metric == "mattes":
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(options.histogram_bins))
@@ -216,7 +217,7 @@ def _run_level(f: sitk.Image, m: sitk.Image, mask: sitk.Image | None, tx: sitk.T
     after = float(reg.MetricEvaluate(f, m))
     if not after <= before:
         # the optimiser wandered off (same samples, worse metric): keep where the level started
-        level = logging.WARNING if after - before > 0.01 * abs(before) else logging.DEBUG
+        level = logging.WARNING if after - before > 0.01 * abs(before) and not search else logging.DEBUG
         log.log(level, "level %.1f mm made the metric worse (%.4f -> %.4f); keeping its start", spacing, before, after)
         tx.SetParameters([float(v) for v in start])
         return before, int(reg.GetOptimizerIteration())
@@ -253,6 +254,7 @@ def register(
     initial: sitk.Transform | None = None,
     moving_mask: np.ndarray | None = None,
     stages: Sequence[tuple[str, Sequence[float]]] | None = None,
+    search: bool = False,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed``; both are ``(data, affine)`` pairs (RAS affines).
 
@@ -261,7 +263,9 @@ def register(
     in world space (images of one session share scanner coordinates), shifted to align the
     centroids of ``fixed_mask`` and ``moving_mask`` when both are given. ``stages`` overrides
     the transform kind per group of levels, e.g. ``[("similarity", (6, 4)), ("affine", (4, 2))]``.
-    Returns the transform (a ``kind`` transform centred on the fixed mask's centroid).
+    Returns the transform (a ``kind`` transform centred on the fixed mask's centroid). A level
+    that makes the metric worse, or jumps implausibly far, is undone (logged as a warning, or at
+    debug level when ``search``: one of many quick starts, where that is expected).
     """
     t0 = time.perf_counter()
     fdata, faffine = fixed
@@ -298,18 +302,20 @@ def register(
             before = affine_matrix_lps(tx)
             # 12 affine parameters take smaller first steps: a 4 mm step on a scale diverges
             step = float(spacing) / 4.0 if stage_kind == "affine" else float(spacing)
-            metric, its = _run_level(f, m, mask, tx, float(spacing), options, step)
+            metric, its = _run_level(f, m, mask, tx, float(spacing), options, step, search)
             log.debug("level %.1f mm: images %.2f s, optimisation %.2f s (%d iterations)", spacing, t2 - t1,
                       time.perf_counter() - t2, its)
             iterations.append(its)
             jump = _implausible_jump(before, affine_matrix_lps(tx), centre)
             if jump:
-                log.warning("%s level %.1f mm diverged (%s); keeping the previous level's transform",
-                            stage_kind, spacing, jump)
+                log.log(logging.DEBUG if search else logging.WARNING,
+                        "%s level %.1f mm diverged (%s); keeping the previous level's transform",
+                        stage_kind, spacing, jump)
                 tx = transform_from_matrix(stage_kind, before, centre)
     assert tx is not None
     seconds = time.perf_counter() - t0
-    log.info("%s registration: metric %.4f, iterations %s, %.1f s", plan[-1][0], metric, iterations, seconds)
+    log.log(logging.DEBUG if search else logging.INFO, "%s registration: metric %.4f, iterations %s, %.1f s",
+            plan[-1][0], metric, iterations, seconds)
     return RegistrationResult(transform=tx, metric=metric, seconds=seconds, iterations=iterations)
 
 
@@ -334,11 +340,9 @@ EDGE_MARGIN_MM = 3.0
 
 
 def _edge_region(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    from scipy import ndimage as ndi
+    from msimaging.preprocess import dilate_mm
 
-    from msimaging.preprocess import ball
-
-    return ndi.binary_dilation(np.asarray(brain, dtype=bool), ball(EDGE_MARGIN_MM, affine))
+    return dilate_mm(brain, EDGE_MARGIN_MM, affine)
 
 
 def coregister_contrast(reference: ImagePair, brain: np.ndarray, moving: ImagePair,
@@ -443,8 +447,8 @@ def _best_start(fixed: np.ndarray, faffine: np.ndarray, moving: np.ndarray,
                 c_moving: np.ndarray, options: RegistrationOptions) -> sitk.Transform:
     """Best of several similarity starts (rotations and shifts about the centroid) at 6 mm.
 
-    Each start (fixed centroid -> moving centroid, ``scale``, a rotation from
-    :data:`START_ROTATIONS_DEG` about one axis and a shift from :data:`START_SHIFTS_MM`) is
+    Each start (fixed centroid -> moving centroid, ``scale``, then either a rotation from
+    :data:`START_ROTATIONS_DEG` about one axis or a shift from :data:`START_SHIFTS_MM`) is
     optimised briefly on 6 mm copies of the images; the one with the lowest metric wins.
     """
     fgrid = coarse_grid(Grid(tuple(np.shape(fixed)), faffine), 6.0)  # type: ignore[arg-type]
@@ -453,8 +457,9 @@ def _best_start(fixed: np.ndarray, faffine: np.ndarray, moving: np.ndarray,
     m6 = sitk.GetArrayFromImage(_smooth_resample(to_sitk(moving, maffine), mgrid)).transpose(2, 1, 0)
     r6 = resample_array(region.astype(np.float32), faffine, fgrid) >= 0.5
     quick = replace(options, iterations=30, levels_mm=(6.0,))
-    candidates = [(axis, angle, shift) for axis in range(3) for angle in START_ROTATIONS_DEG
-                  for shift in START_SHIFTS_MM if angle != 0.0 or axis == 0]
+    # the centroid start, each tilt alone and each shift alone: 9 short runs
+    candidates = [(0, 0.0, shift) for shift in START_SHIFTS_MM]
+    candidates += [(axis, angle, 0.0) for axis in range(3) for angle in START_ROTATIONS_DEG if angle != 0.0]
     best: tuple[float, sitk.Transform] | None = None
     for axis, angle, shift in candidates:
         lin = scale * _rotation_lps(axis, angle)
@@ -463,7 +468,8 @@ def _best_start(fixed: np.ndarray, faffine: np.ndarray, moving: np.ndarray,
         m[:3, 3] = c_moving + np.array([0.0, 0.0, shift]) - lin @ c_fixed
         init = sitk.AffineTransform(m[:3, :3].ravel().tolist(), m[:3, 3].tolist())
         try:
-            res = register((f6, fgrid.affine), (m6, mgrid.affine), r6, "similarity", quick, initial=init)
+            res = register((f6, fgrid.affine), (m6, mgrid.affine), r6, "similarity", quick, initial=init,
+                           search=True)
         except RuntimeError as exc:  # ITK: too few samples inside the moving image, etc.
             log.debug("start %s failed: %s", (axis, angle, shift), exc)
             continue
@@ -485,15 +491,13 @@ def register_template(data: np.ndarray, affine: np.ndarray, brain: np.ndarray,
     points) and the normalised mutual information of the image and the warped template in
     ``brain``.
     """
-    from scipy import ndimage as ndi
-
-    from msimaging.preprocess import ball
+    from msimaging.preprocess import dilate_mm
     from msimaging.template import load_template
 
     tpl = load_template()
     opts = options or template_options()
     brain = np.asarray(brain, dtype=bool)
-    region = ndi.binary_dilation(brain, ball(6.0, affine))
+    region = dilate_mm(brain, 6.0, affine)
     masked = np.where(brain, data, 0).astype(np.float32)
     tpl_masked = np.where(tpl.brain, tpl.t1, 0).astype(np.float32)
     # start: centroids aligned, isotropic scale from the volumes
