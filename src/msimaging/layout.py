@@ -110,6 +110,11 @@ def step_json(sub: str, ses: str, step: str) -> str:
     return _work(sub, ses, f"{step}.json")
 
 
+def registration_figure(sub: str, ses: str, name: str) -> str:
+    """Checkerboard overlay PNG of one registration (``name``: ``<contrast>_to-<ref>`` or ``to-baseline``)."""
+    return _work(sub, ses, f"desc-{name}_registration.png")
+
+
 def contrast_qc(sub: str, ses: str, contrast: str, ref: str) -> str:
     return _work(sub, ses, f"coregister_from-{contrast}_to-{ref}.json")
 

@@ -5,6 +5,7 @@ rule coregister:
         xfm=L.contrast_xfm("{subject}", "{session}", "{contrast}", "{ref}"),
         image=L.preproc_image("{subject}", "{session}", "{contrast}", "{ref}"),
         qc=L.contrast_qc("{subject}", "{session}", "{contrast}", "{ref}"),
+        png=L.registration_figure("{subject}", "{session}", "{contrast}_to-{ref}"),
     log:
         L.log("coregister", "{subject}", "{session}", "{contrast}_to-{ref}"),
     benchmark:
@@ -25,6 +26,7 @@ rule register_to_baseline:
     output:
         xfm=L.baseline_xfm("{subject}", "{session}"),
         qc=L.step_json("{subject}", "{session}", "register_to_baseline"),
+        png=L.registration_figure("{subject}", "{session}", "to-baseline"),
     log:
         L.log("register_to_baseline", "{subject}", "{session}"),
     benchmark:
