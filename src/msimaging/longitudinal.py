@@ -4,10 +4,13 @@ A follow-up F is compared with a reference visit R (baseline or previous). Both 
 analysed together on F's grid (R is resampled through the ``from-session_to-baseline``
 transforms), so the decision never rests on two independent segmentations alone:
 
-1. **Intensity matching.** R's FLAIR is quantile-matched to F's inside the brain both share,
-   then a smooth multiplicative field (the differential bias left by N4 and scanner drift) is
-   estimated from the log-ratio of normal tissue and removed. Both are then expressed in robust
-   z-units of F's parenchyma (:func:`lesions.robust_mode_sigma`) and smoothed alike.
+1. **Intensity matching.** R's FLAIR is mapped onto F's intensities inside the brain both
+   share (``intensity_matching``: quantiles 1-95 matched, proportional above so the lesion tail
+   is not bent by differing lesion loads; or one global gain), then a smooth multiplicative
+   field (the differential bias left by N4 and scanner drift) is estimated from the log-ratio
+   of normal tissue and removed. Both are expressed in robust z-units of F's parenchyma
+   (:func:`lesions.robust_mode_sigma`) and smoothed alike: F also gets the average blur that
+   linear interpolation gave R, so lesion volumes compare at the same sharpness.
 2. **Subtraction.** ``dz = (zF - max_N zR) / s``: F minus the *largest* R value within
    ``jitter_mm`` (registration jitter and partial-volume shifts cannot make a voxel look new), in
    units ``s`` of the subtraction noise. New-lesion candidates are voxels with ``dz`` above
@@ -15,13 +18,14 @@ transforms), so the decision never rests on two independent segmentations alone:
    hysteresis; candidates outside the follow-up's segmented lesions become lesions of their own.
 3. **Lesion-level decision.** For every lesion of F (segmented, or candidate) both visits'
    lesion volumes are measured *with the same operator* on the same voxels: the integral of a
-   lesion-fraction map ``clip((z - z0) / (z1 - z0), 0, 1)``, with ``z0`` near normal white matter
-   and ``z1`` the lesion's own peak, over the lesion dilated by one voxel plus the R lesions it
+   lesion-fraction map ``max((z - z0) / (z1 - z0), 0)``, with ``z0`` near normal white matter
+   and ``z1`` the lesion's own peak (no upper clip, so blurring keeps the integral), over the lesion dilated by one voxel plus the R lesions it
    overlaps. Linear resampling and partial volume preserve such integrals, so the comparison holds
-   across grids and visits. A lesion is **new** when R's volume there is below
-   ``new_reference_fraction`` of F's and the subtraction shows it; **enlarging** / **shrinking**
-   by the DESIGN §4 volume rule applied to the joint volumes (and, for enlarging, a subtraction
-   signal of at least ``growth_evidence_mm3``); else **stable**.
+   across grids and visits. A lesion is **new** when it overlaps no lesion of R (DESIGN §4), R's
+   joint volume there is below ``new_reference_fraction`` of F's and the subtraction shows it;
+   **enlarging** / **shrinking** by the DESIGN §4 volume rule applied to the joint volumes (and, for enlarging, a volume of
+   significant subtraction signal of at least ``growth_evidence_mm3`` and at least
+   ``growth_evidence_fraction`` of the growth); else **stable**.
 
 The reference lesions overlapped (R's labels carried onto F, dilated by
 ``dilate_reference_voxels``) are reported as ``reference_ids`` for the lesion table.
@@ -72,7 +76,10 @@ class ChangeRules:
     hyperintensity_z: float = 2.0
     fraction_floor_z: float = 1.0
     new_reference_fraction: float = 0.35
-    growth_evidence_mm3: float = 5.0
+    growth_evidence_mm3: float = 10.0
+    growth_evidence_fraction: float = 0.5
+    intensity_matching: str = "quantile"
+    match_interpolation_blur: bool = True
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ChangeRules":
@@ -80,7 +87,10 @@ class ChangeRules:
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
             if f.name in c:
-                kwargs[f.name] = type(getattr(cls(), f.name))(c[f.name])
+                default = getattr(cls(), f.name)
+                kwargs[f.name] = c[f.name] if isinstance(default, bool) else type(default)(c[f.name])
+        if kwargs.get("intensity_matching", "quantile") not in ("quantile", "gain"):
+            raise ValueError("change.intensity_matching must be 'quantile' or 'gain'")
         return cls(**kwargs)
 
 
@@ -177,11 +187,13 @@ def _footprint(radius_mm: float, affine: np.ndarray) -> np.ndarray:
 
 
 def quantile_match(source: np.ndarray, target: np.ndarray, mask: np.ndarray,
-                   percentiles: np.ndarray = np.linspace(1.0, 99.0, 99)) -> np.ndarray:
+                   percentiles: np.ndarray = np.linspace(1.0, 95.0, 95)) -> np.ndarray:
     """Map ``source`` intensities so that their quantiles inside ``mask`` equal ``target``'s.
 
-    Piecewise linear between the matched percentiles, linear extrapolation beyond them (slope
-    of the outer 10%), so lesion intensities keep their contrast.
+    Piecewise linear between the matched percentiles (1st-95th by default: the upper tail holds
+    the lesions, whose load differs between visits, so it is not matched); beyond the last one
+    the map is proportional (slope ``t/s`` of the 95th percentiles), below the first linear with
+    the slope of the lowest 10%, so lesion intensities keep their contrast.
     """
     s = np.percentile(source[mask], percentiles)
     t = np.percentile(target[mask], percentiles)
@@ -189,7 +201,8 @@ def quantile_match(source: np.ndarray, target: np.ndarray, mask: np.ndarray,
     out = np.interp(source, s, t)
     k = max(1, len(s) // 10)
     lo_slope = (t[k] - t[0]) / max(s[k] - s[0], 1e-9)
-    hi_slope = (t[-1] - t[-1 - k]) / max(s[-1] - s[-1 - k], 1e-9)
+    hi_slope = t[-1] / s[-1] if s[-1] > 0 and t[-1] > 0 else \
+        (t[-1] - t[-1 - k]) / max(s[-1] - s[-1 - k], 1e-9)
     out = np.where(source < s[0], t[0] + (source - s[0]) * lo_slope, out)
     out = np.where(source > s[-1], t[-1] + (source - s[-1]) * hi_slope, out)
     return out.astype(np.float32)
@@ -232,19 +245,29 @@ def pair_maps(fu: Visit, ref: Visit, fu_to_ref: sitk.Transform, rules: ChangeRul
     mask = fu.brain.astype(bool) & r_brain & r_fov
     if mask.sum() < 1000:
         raise ValueError("the registered visits share almost no brain; check from-session_to-baseline")
-    # 1. global intensity matching, then the smooth differential field from normal tissue
-    r = quantile_match(r_flair, f, mask)
+    # 1. multiplicative intensity model (N4-corrected FLAIR = gain x smooth field x tissue signal):
+    #    a global gain, then the smooth differential field estimated on normal tissue of both
+    #    visits (twice, refining what is normal); contrast ratios, hence lesions, are kept.
     mode, sigma = robust_mode_sigma(f[mask])
-    zf0, zr0 = (f - mode) / sigma, (r - mode) / sigma
-    normal = mask & (np.abs(zf0) < 2.5) & (np.abs(zr0) < 2.5) & (fu.labels == 0) & (ref_labels == 0)
-    if rules.bias_smoothing_mm > 0 and normal.sum() > 1000:
+    if rules.intensity_matching == "quantile":
+        r = quantile_match(r_flair, f, mask)
+    else:
+        r = r_flair * np.float32(np.median(f[mask]) / max(float(np.median(r_flair[mask])), 1e-6))
+    no_lesion = mask & (fu.labels == 0) & (ref_labels == 0)
+    for _ in range(2 if rules.bias_smoothing_mm > 0 else 0):
+        normal = no_lesion & (np.abs((f - mode) / sigma) < 2.5) & (np.abs((r - mode) / sigma) < 2.5)
+        if normal.sum() < 1000:
+            break
         r = r * smooth_ratio_field(f, r, normal, fu.affine, rules.bias_smoothing_mm)
-        r = quantile_match(r, f, mask)
     zf = ((f - mode) / sigma).astype(np.float32)
     zr = ((r - mode) / sigma).astype(np.float32)
-    # 2. both smoothed alike (the resampled R is already slightly blurred by interpolation)
+    # 2. both smoothed alike: R was blurred by linear interpolation (variance 1/6 voxel^2 per axis
+    #    on average over sub-voxel offsets), so F gets that blur too, then both ``smoothing_mm``
+    zooms = voxel_sizes(fu.affine)
+    if rules.match_interpolation_blur:
+        zf = ndi.gaussian_filter(zf, [np.sqrt(1.0 / 6.0)] * 3).astype(np.float32)
     if rules.smoothing_mm > 0:
-        sig = [rules.smoothing_mm / z for z in voxel_sizes(fu.affine)]
+        sig = [rules.smoothing_mm / z for z in zooms]
         zf = ndi.gaussian_filter(zf, sig).astype(np.float32)
         zr = ndi.gaussian_filter(zr, sig).astype(np.float32)
     zf = np.where(mask, zf, 0.0).astype(np.float32)
@@ -284,8 +307,12 @@ def change_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
 
 
 def lesion_fraction(z: np.ndarray, floor_z: float, peak_z: float) -> np.ndarray:
-    """Lesion fraction per voxel from a z-map: 0 at ``floor_z``, 1 at ``peak_z`` (linear between)."""
-    return np.clip((z - floor_z) / max(peak_z - floor_z, 1e-3), 0.0, 1.0)
+    """Lesion fraction per voxel from a z-map: 0 at ``floor_z``, 1 at ``peak_z``, linear above.
+
+    No upper clip: the integral of a linear function of intensity is preserved by linear
+    interpolation and blurring, so a sharp and a resampled image of one lesion give one volume.
+    """
+    return np.maximum((z - floor_z) / max(peak_z - floor_z, 1e-3), 0.0)
 
 
 def _dilate(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
@@ -346,9 +373,12 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
         segmented = lid <= n_seg
         volume = float(own.sum() * vox)
         ref_vol = float(sum(ref_volumes_mm3.get(r, 0.0) for r in reference_ids))
-        if v_r <= rules.new_reference_fraction * v_f and new_change > 0:
+        # DESIGN §4: a lesion overlapping a reference lesion is never new; one overlapping none is
+        # new only when the joint volumes agree (else the reference segmentation missed it)
+        if not reference_ids and v_r <= rules.new_reference_fraction * v_f and new_change > 0:
             status = "new"
-        elif is_enlarged(v_f, v_r, rules) and change >= rules.growth_evidence_mm3:
+        elif is_enlarged(v_f, v_r, rules) and change >= max(rules.growth_evidence_mm3,
+                                                               rules.growth_evidence_fraction * (v_f - v_r)):
             status = "enlarging"
         elif is_enlarged(v_r, v_f, rules):
             status = "shrinking"
