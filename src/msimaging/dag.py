@@ -148,18 +148,24 @@ class Plan:
 
     def enhancing_inputs(self, wc: Any) -> dict[str, str]:
         sub, ses = wc.subject, wc.session
-        return {"ce": self.preproc(sub, ses, "ceT1w"), "t1": self.preproc(sub, ses, "T1w"),
-                "brain": L.brain_mask(sub, ses), "lesions": L.lesion_mask(sub, ses)}
+        inputs = {"ce": self.preproc(sub, ses, "ceT1w"), "t1": self.preproc(sub, ses, "T1w"),
+                  "brain": L.brain_mask(sub, ses), "lesions": L.lesion_mask(sub, ses)}
+        if self.ref(sub, ses) == "FLAIR":
+            inputs["flair"] = self.preproc(sub, ses)
+        return inputs
 
     def compare_inputs(self, wc: Any) -> dict[str, str]:
+        """A follow-up, the baseline and the previous visit: FLAIR, brain, lesions, transforms."""
         sub, ses = wc.subject, wc.session
         bl = self.baseline(sub)
         prev = self.previous(sub, ses) or bl
-        inputs = {"fu_dseg": L.lesion_dseg(sub, ses), "fu_xfm": L.baseline_xfm(sub, ses),
-                  "bl_dseg": L.lesion_dseg(sub, bl), "prev_dseg": L.lesion_dseg(sub, prev),
-                  "fu": self.preproc(sub, ses), "bl": self.preproc(sub, bl)}
-        if prev != bl:
-            inputs["prev_xfm"] = L.baseline_xfm(sub, prev)
+        inputs = {}
+        for key, visit in (("fu", ses), ("bl", bl), ("prev", prev)):
+            inputs[key] = self.preproc(sub, visit)
+            inputs[f"{key}_brain"] = L.brain_mask(sub, visit)
+            inputs[f"{key}_dseg"] = L.lesion_dseg(sub, visit)
+            if visit != bl:
+                inputs[f"{key}_xfm"] = L.baseline_xfm(sub, visit)
         return inputs
 
     def measure_inputs(self, wc: Any) -> dict[str, str]:
