@@ -299,9 +299,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Check every input; one line per problem (files relative to BIDS_DIR); exit 2 on any error."""
     from msimaging.validate import validate_study
 
-    study, results = validate_study(args.bids_dir, args.participant_label or None)
+    if not args.bids_dir.is_dir():
+        raise UsageError(f"{args.bids_dir}: BIDS directory not found")
+    try:
+        study, results = validate_study(args.bids_dir, args.participant_label or None)
+    except OSError as exc:
+        raise UsageError(f"{args.bids_dir}: cannot be read ({exc.strerror or exc}); check permissions") from exc
     errors = list(study.problems)
     n_files = 0
     for r in results:
@@ -312,7 +318,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     if errors or not study.subjects:
-        print(f"msimaging validate: {len(errors)} problem(s) in {args.bids_dir}", file=sys.stderr)
+        print(f"msimaging validate: {len(errors)} problem(s) in {args.bids_dir} (file names are relative to it); "
+              "fix them and run validate again", file=sys.stderr)
         return EXIT_USAGE
     print(f"msimaging validate: {len(study.subjects)} subject(s), {n_files} image(s): OK")
     return EXIT_OK
