@@ -26,9 +26,10 @@ _INPUT_RE = re.compile(
     rf"(?:_ce-(?P<ce>{_LABEL}))?(?:_rec-(?P<rec>{_LABEL}))?(?:_run-(?P<run>\d+))?"
     r"_(?P<suffix>T1w|T2w|FLAIR)\.nii(?:\.gz)?\Z"
 )
-SAFE_LABEL_RE = re.compile(rf"{_LABEL}")
+SAFE_LABEL_RE = re.compile(rf"^{_LABEL}\Z")  # .match and .fullmatch agree; no trailing newline
 #: A file name that looks like one of msimaging's inputs (checked against the BIDS pattern).
 _CONTRAST_HINT_RE = re.compile(r"(T1w|T2w|FLAIR)", re.IGNORECASE)
+
 
 def is_safe_label(label: str) -> bool:
     """True for a BIDS label msimaging accepts: ASCII letters and digits only (no '_', '-', '/', spaces)."""
