@@ -194,28 +194,47 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"msimaging: warning: {line}", file=sys.stderr)
     out = args.output_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    config_file = write_run_config(out, config)
-    cmd = snakemake_command(out, config_file, args.cores, _profile_dir(args.profile), args.dry_run,
+    profile = _profile_dir(args.profile)
+    cmd = snakemake_command(out, out / "msimaging_config.yaml", args.cores, profile, args.dry_run,
                             list(args.snakemake_args))
-    print("msimaging: running " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
-    rc = subprocess.call(cmd)
     if args.dry_run:
-        return EXIT_OK if rc == 0 else EXIT_FAILED
-    return finish_run(out, study, config, rc)
+        write_run_config(out, config)
+        print("msimaging: running " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
+        return EXIT_OK if subprocess.call(cmd) == 0 else EXIT_FAILED
+    from msimaging.recovery import RunLocked, clear_partial_outputs, run_lock, stale_snakemake_locks
+
+    try:
+        with run_lock(out) as lock_fd:
+            config_file = write_run_config(out, config)
+            if stale_snakemake_locks(out):  # left by a run that was killed: no live run holds OUTPUT_DIR
+                print(f"msimaging: resuming in {out}: removing the lock a stopped run left behind", file=sys.stderr)
+                unlock = snakemake_command(out, config_file, 1, profile, False, []) + ["--unlock", "--quiet"]
+                subprocess.call(unlock, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            clear_partial_outputs(out)
+            print("msimaging: running " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
+            # snakemake inherits the lock, so it stays held while any part of this run is alive
+            rc = subprocess.call(cmd, pass_fds=(lock_fd,))
+            return finish_run(out, study, config, rc)
+    except RunLocked as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def finish_run(out: Path, study: Any, config: dict[str, Any], rc: int) -> int:
     """After Snakemake: fill fail rows for subjects that did not finish, print the summary."""
     from msimaging import layout as L
-    from msimaging.outcome import failed_subjects, write_partial_outputs
+    from msimaging.recovery import failed_subjects, write_partial_outputs
 
     failed = failed_subjects(out, list(study.subjects))
     if rc != 0 or failed:
         write_partial_outputs(out, study, failed)
-        print("msimaging: the run did not complete for every subject:", file=sys.stderr)
+        print(f"msimaging: {len(failed)} of {len(study.subjects)} subject(s) failed (their rows in endpoints.csv "
+              "have qc_status=fail):", file=sys.stderr)
         for sub, (reason, log_path) in failed.items():
             print(f"  sub-{sub}: {reason} (log: {log_path})", file=sys.stderr)
-        print(f"msimaging: endpoints of the others: {out / L.ENDPOINTS_CSV}", file=sys.stderr)
+        if not failed:
+            print("  snakemake failed before or after the subjects' steps; see its messages above", file=sys.stderr)
+        print(f"msimaging: endpoints: {out / L.ENDPOINTS_CSV}; fix the inputs named above and run the same "
+              "command again (finished steps are not recomputed)", file=sys.stderr)
         return EXIT_FAILED
     print(f"msimaging: endpoints: {out / L.ENDPOINTS_CSV}")
     for sub in study.subjects:

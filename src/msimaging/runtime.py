@@ -47,6 +47,19 @@ def configure_logging(log_path: str | os.PathLike[str] | None, level: int = logg
     logging.captureWarnings(True)
 
 
+def failure_text(exc: BaseException) -> str:
+    """One line saying why a step failed: the problems of a validation error joined by ' | ', else
+    the exception's message (its class name when it has none); control characters are escaped."""
+    problems = getattr(exc, "problems", None)
+    if problems:
+        text = " | ".join(str(p) for p in problems)
+    else:
+        text = str(exc).strip() or exc.__class__.__name__
+        if isinstance(exc, (MemoryError, KeyError, IndexError, AttributeError, TypeError, ZeroDivisionError)):
+            text = f"{exc.__class__.__name__}: {text}"
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in " ".join(text.splitlines()))
+
+
 @contextmanager
 def step(smk: Any, name: str) -> Iterator[logging.Logger]:
     """Run one rule's work: log to the rule's log file, hold threads, record failures."""
@@ -60,7 +73,7 @@ def step(smk: Any, name: str) -> Iterator[logging.Logger]:
     try:
         yield logger
     except Exception as exc:
-        logger.error("%s failed: %s", name, exc)
+        logger.error("%s failed: %s", name, failure_text(exc))
         logger.error("details:\n%s", traceback.format_exc())
         raise
     logger.info("done %s in %.1f s", name, time.perf_counter() - t0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import zlib
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -113,8 +114,8 @@ def read_raw_header(path: Path) -> tuple[Any, bool]:
     try:
         with _open(path) as fh:
             block = fh.read(540)
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"the compressed stream is corrupt ({exc.__class__.__name__})") from exc
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"the compressed stream is corrupt ({exc.__class__.__name__}: {exc})") from exc
     if len(block) < 348:
         raise ValueError(f"the file holds {len(block)} bytes, less than a NIfTI header (348)")
     for order in ("<", ">"):
@@ -179,7 +180,14 @@ def header_problems(hdr: Any, file_size: int | None, rep: FileReport) -> None:
         itemsize = np.dtype(REAL_DTYPES[code]).itemsize
         needed = int(offset) + int(np.prod(shape, dtype=np.int64)) * itemsize
         if needed > file_size:
-            rep.error(f"the file is truncated ({file_size} bytes, the header describes {needed})", _REEXPORT)
+            rep.error(f"the file is truncated ({file_size} bytes of image, the header describes {needed})", _REEXPORT)
+    if int(hdr["qform_code"]) > 0:
+        try:
+            hdr.get_qform_quaternion()
+        except ValueError:
+            bcd = [float(hdr[f"quatern_{c}"]) for c in "bcd"]
+            rep.error(f"the qform rotation (quatern_b, c, d = {np.round(bcd, 4).tolist()}) is not a rotation "
+                      "(b^2 + c^2 + d^2 > 1)", "fix the header (or set qform_code to 0 when the sform is right)")
     slope = float(hdr["scl_slope"])
     if np.isinf(slope):
         rep.error(f"scl_slope = {slope}: the intensity scaling is not finite", _FIX_HEADER)
@@ -279,7 +287,6 @@ def _check(path: Path, rep: FileReport) -> None:
     if not path.is_file():
         rep.error("is not a regular file", "replace it with the NIfTI image")
         return
-    file_size = path.stat().st_size
     try:
         hdr, compressed = read_raw_header(path)
     except ValueError as exc:
@@ -288,12 +295,21 @@ def _check(path: Path, rep: FileReport) -> None:
     except OSError as exc:
         rep.error(f"cannot be opened ({exc.strerror or exc.__class__.__name__})", "check the file's permissions")
         return
-    header_problems(hdr, None if compressed else file_size, rep)
+    try:  # the whole stream: a gzip file missing its end (CRC, length) is truncated even if the data decode
+        with _open(path) as fh:
+            raw = fh.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        what = "truncated or corrupt" if compressed else "unreadable"
+        rep.error(f"the {'compressed stream' if compressed else 'file'} is {what} "
+                  f"({exc.__class__.__name__}: {exc})", _REEXPORT)
+        return
+    header_problems(hdr, len(raw), rep)
     if rep.errors:
         return
     with _quiet_nibabel() as notes:
         try:
-            img = nib.load(str(path))
+            klass = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+            img = klass.from_bytes(raw)
         except Exception as exc:  # nibabel raises many types for corrupt files
             rep.error(f"cannot be read as NIfTI ({exc.__class__.__name__}: {exc})", _REEXPORT)
             return

@@ -465,3 +465,9 @@ def test_big_endian_files_are_read(study, capsys):
     nib.Nifti1Image(np.asarray(img.dataobj).astype(">u2"), img.affine, hdr).to_filename(str(f))
     rc, lines, text = validate(root, capsys)
     assert rc == 0, text
+
+
+def test_qform_quaternion_that_is_not_a_rotation(study, capsys):
+    root, f = study
+    patch(f, 256, "<3f", 0.9, 0.5, 0.3)  # quatern_b, c, d: b^2 + c^2 + d^2 > 1
+    one_error(root, capsys, FLAIR, "is not a rotation", "qform_code")
