@@ -36,12 +36,15 @@ def configure_logging(log_path: str | os.PathLike[str] | None, level: int = logg
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
+        if getattr(handler, "_msimaging", False):  # ours: close its file (others belong to their owners)
+            handler.close()
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handler: logging.Handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler._msimaging = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)
