@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     va = sub.add_parser("validate", help="check a BIDS dataset's inputs")
     va.add_argument("bids_dir", type=Path)
     va.add_argument("--participant-label", nargs="+", default=[], metavar="S")
+    va.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="e.g. validation.min_fov_mm=60 baseline_session=M00 (see config/README.md)")
 
     im = sub.add_parser("import-dicom", help="convert one visit's DICOM series into BIDS (no identifying data)")
     im.add_argument("dicom_dir", type=Path)
@@ -333,12 +335,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check every input; one line per problem (files relative to BIDS_DIR); exit 2 on any error."""
-    from msimaging.validate import validate_study
+    from msimaging.validate import InputRules, validate_study
 
     if not args.bids_dir.is_dir():
         raise UsageError(f"{args.bids_dir}: BIDS directory not found")
+    config = _effective_config(args.bids_dir, args.participant_label, args.overrides, None)
+    baseline = (config.get("baseline_session") or "").removeprefix("ses-") or None
     try:
-        study, results = validate_study(args.bids_dir, args.participant_label or None)
+        study, results = validate_study(args.bids_dir, config["participant_label"] or None, baseline,
+                                        InputRules.from_config(config))
     except OSError as exc:
         raise UsageError(f"{args.bids_dir}: cannot be read ({exc.strerror or exc}); check permissions") from exc
     errors = list(study.problems)

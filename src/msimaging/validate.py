@@ -38,20 +38,34 @@ from msimaging.geometry import Grid, affine_problems, voxel_sizes, world_to_voxe
 
 log = logging.getLogger(__name__)
 
-#: Largest distance (mm) between qform and sform mappings of any corner voxel before they disagree.
-QFORM_SFORM_TOL_MM = 1.0
-#: A brain needs at least this field of view (mm) along two axes (a thick slab may be thinner
-#: along the third) and at least ``MIN_FOV_MAX_MM`` along one.
-MIN_FOV_MM = 80.0
-MIN_FOV_MAX_MM = 100.0
-#: Voxel edges (mm) outside this range are not brain MRI (a header in the wrong unit, a corrupt pixdim).
-MIN_VOXEL_MM = 0.1
-MAX_VOXEL_MM = 20.0
 #: Largest plausible matrix size along one axis and in total (a corrupt dim[] would ask for terabytes).
 MAX_DIM = 4096
 MAX_VOXELS = 1 << 30
-#: Below this fraction of one contrast's field of view inside another's, a session's headers disagree.
-MIN_OVERLAP_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class InputRules:
+    """What validation accepts (config ``validation.*``; defaults are config/config.yaml's)."""
+
+    #: Largest distance (mm) between the qform and sform positions of any corner voxel.
+    qform_sform_tolerance_mm: float = 1.0
+    #: A brain needs this field of view (mm) along two axes (a thick slab may be thinner along the
+    #: third) and ``min_fov_max_mm`` along one.
+    min_fov_mm: float = 80.0
+    min_fov_max_mm: float = 100.0
+    #: Voxel edges (mm) outside this range are not brain MRI (a header in metres, a corrupt pixdim).
+    min_voxel_mm: float = 0.1
+    max_voxel_mm: float = 20.0
+    #: Below this fraction of one contrast's field of view inside another's, a session's headers disagree.
+    min_overlap_fraction: float = 0.5
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "InputRules":
+        known = {f: v for f, v in (cfg.get("validation") or {}).items() if f in cls.__dataclass_fields__}
+        return cls(**{k: float(v) for k, v in known.items()})
+
+
+DEFAULT_RULES = InputRules()
 #: NIfTI data types msimaging reads (real-valued numbers); complex and RGB are refused.
 REAL_DTYPES = {2: "uint8", 4: "int16", 8: "int32", 16: "float32", 64: "float64", 256: "int8", 512: "uint16",
                768: "uint32", 1024: "int64", 1280: "uint64"}
@@ -127,7 +141,8 @@ def read_raw_header(path: Path) -> tuple[Any, bool]:
     raise ValueError("the header is not NIfTI (wrong header size or magic string)")
 
 
-def header_problems(hdr: Any, file_size: int | None, rep: FileReport) -> None:
+def header_problems(hdr: Any, file_size: int | None, rep: FileReport,
+                    rules: InputRules = DEFAULT_RULES) -> None:
     """Check the raw header fields (dims, data type, pixdim, offsets, codes, scaling) into ``rep``."""
     dim = [int(d) for d in hdr["dim"]]
     ndim = dim[0]
@@ -165,9 +180,9 @@ def header_problems(hdr: Any, file_size: int | None, rep: FileReport) -> None:
     pixdim = np.asarray(hdr["pixdim"][1:4], dtype=float)
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
         rep.error(f"the voxel sizes in pixdim {pixdim.tolist()} are zero, negative or not finite", _FIX_HEADER)
-    elif np.any(pixdim < MIN_VOXEL_MM) or np.any(pixdim > MAX_VOXEL_MM):
+    elif np.any(pixdim < rules.min_voxel_mm) or np.any(pixdim > rules.max_voxel_mm):
         rep.error(f"the voxel sizes in pixdim {np.round(pixdim, 4).tolist()} mm are implausible for brain MRI "
-                  f"(expected {MIN_VOXEL_MM}-{MAX_VOXEL_MM} mm)", _FIX_HEADER)
+                  f"(expected {rules.min_voxel_mm}-{rules.max_voxel_mm} mm)", _FIX_HEADER)
     for name in ("qform_code", "sform_code"):
         value = int(hdr[name])
         if value not in NIFTI_CODES:
@@ -206,7 +221,8 @@ def _qform_sform_distance(img: Any, shape: tuple[int, ...]) -> float:
     return float(np.linalg.norm((corners @ q.T - corners @ s.T)[:, :3], axis=1).max())
 
 
-def geometry_problems(img: Any, shape: tuple[int, int, int], rep: FileReport) -> np.ndarray | None:
+def geometry_problems(img: Any, shape: tuple[int, int, int], rep: FileReport,
+                      rules: InputRules = DEFAULT_RULES) -> np.ndarray | None:
     """Check the affine msimaging will use; returns it when usable."""
     from msimaging.io import image_affine
 
@@ -218,7 +234,7 @@ def geometry_problems(img: Any, shape: tuple[int, int, int], rep: FileReport) ->
     if problems:
         return None
     zooms = voxel_sizes(affine)
-    if np.any(zooms < MIN_VOXEL_MM):
+    if np.any(zooms < rules.min_voxel_mm):
         rep.error(f"the affine gives voxel sizes {np.round(zooms, 4).tolist()} mm, implausible for brain MRI",
                   _FIX_HEADER)
         return None
@@ -226,14 +242,14 @@ def geometry_problems(img: Any, shape: tuple[int, int, int], rep: FileReport) ->
     if qcode > 0 and scode > 0:
         dist = _qform_sform_distance(img, shape)
         rep.info["qform_sform_mm"] = round(dist, 3)
-        if not np.isfinite(dist) or dist > QFORM_SFORM_TOL_MM:
+        if not np.isfinite(dist) or dist > rules.qform_sform_tolerance_mm:
             rep.error(f"qform and sform disagree by up to {dist:.1f} mm, so the image position is ambiguous",
                       "fix the header so both describe the same geometry (or set qform_code to 0)")
             return None
     fov = zooms * np.asarray(shape)
     rep.info.update(shape=[int(s) for s in shape], voxel_mm=[round(float(z), 4) for z in zooms],
                     fov_mm=[round(float(f), 1) for f in fov])
-    if np.sort(fov)[1] < MIN_FOV_MM or fov.max() < MIN_FOV_MAX_MM:
+    if np.sort(fov)[1] < rules.min_fov_mm or fov.max() < rules.min_fov_max_mm:
         rep.error(f"the field of view {np.round(fov, 1).tolist()} mm cannot contain a brain",
                   "check that this is the whole-brain series and that the voxel sizes are right")
         return None
@@ -278,7 +294,7 @@ def _quiet_nibabel() -> Iterator[list[str]]:
         logger.propagate = old_propagate
 
 
-def _check(path: Path, rep: FileReport) -> None:
+def _check(path: Path, rep: FileReport, rules: InputRules) -> None:
     import nibabel as nib
 
     if path.is_symlink() and not path.exists():
@@ -303,7 +319,7 @@ def _check(path: Path, rep: FileReport) -> None:
         rep.error(f"the {'compressed stream' if compressed else 'file'} is {what} "
                   f"({exc.__class__.__name__}: {exc})", _REEXPORT)
         return
-    header_problems(hdr, len(raw), rep)
+    header_problems(hdr, len(raw), rep, rules)
     if rep.errors:
         return
     with _quiet_nibabel() as notes:
@@ -314,7 +330,7 @@ def _check(path: Path, rep: FileReport) -> None:
             rep.error(f"cannot be read as NIfTI ({exc.__class__.__name__}: {exc})", _REEXPORT)
             return
         shape = tuple(int(s) for s in img.shape[:3])
-        affine = geometry_problems(img, shape, rep)  # type: ignore[arg-type]
+        affine = geometry_problems(img, shape, rep, rules)  # type: ignore[arg-type]
         if rep.errors or affine is None:
             return
         try:
@@ -334,7 +350,8 @@ def _check(path: Path, rep: FileReport) -> None:
         rep.info["dtype"] = str(hdr.get_data_dtype())
 
 
-def check_image(path: str | Path, root: str | Path | None = None) -> FileReport:
+def check_image(path: str | Path, root: str | Path | None = None,
+                rules: InputRules = DEFAULT_RULES) -> FileReport:
     """Open one image and check everything the pipeline relies on; never raises.
 
     Messages name the file relative to ``root`` (the BIDS directory) when it lies inside it.
@@ -342,7 +359,7 @@ def check_image(path: str | Path, root: str | Path | None = None) -> FileReport:
     p = Path(path)
     rep = FileReport(display_path(p, Path(root) if root is not None else None))
     try:
-        _check(p, rep)
+        _check(p, rep, rules)
     except Exception as exc:  # a check we did not foresee must still give one readable line
         log.debug("unexpected failure checking %s", p, exc_info=True)
         rep.grid = None
@@ -362,7 +379,8 @@ def overlap_fraction(a: Grid, b: Grid, n: int = 6) -> float:
     return float(np.all((inside_b >= lo) & (inside_b <= hi), axis=1).mean())
 
 
-def session_problems(session: Session, reports: dict[str, FileReport]) -> list[str]:
+def session_problems(session: Session, reports: dict[str, FileReport],
+                     rules: InputRules = DEFAULT_RULES) -> list[str]:
     """Warnings for contrasts of one session whose fields of view do not overlap in space."""
     out = []
     ref = session.reference
@@ -373,7 +391,7 @@ def session_problems(session: Session, reports: dict[str, FileReport]) -> list[s
         if contrast == ref or rep.grid is None:
             continue
         frac = max(overlap_fraction(rep.grid, ref_grid), overlap_fraction(ref_grid, rep.grid))
-        if frac < MIN_OVERLAP_FRACTION:
+        if frac < rules.min_overlap_fraction:
             out.append(one_line(
                 f"{rep.path}: only {100 * frac:.0f}% of its field of view overlaps the {ref} of the same session "
                 "in scanner space; check both headers (registration starts from the image centres and may "
@@ -393,7 +411,8 @@ class SubjectValidation:
                 "files": [f.to_dict() for f in self.files]}
 
 
-def validate_subject(subject: Subject, root: str | Path | None = None) -> SubjectValidation:
+def validate_subject(subject: Subject, root: str | Path | None = None,
+                     rules: InputRules = DEFAULT_RULES) -> SubjectValidation:
     """Discovery problems of ``subject`` plus the checks of every image (paths relative to ``root``)."""
     errors = list(subject.problems)
     warns = list(subject.warnings)
@@ -401,19 +420,21 @@ def validate_subject(subject: Subject, root: str | Path | None = None) -> Subjec
     for session in subject.sessions:
         reports = {}
         for contrast in session.contrasts:
-            rep = check_image(session.images[contrast], root)
+            rep = check_image(session.images[contrast], root, rules)
             reports[contrast] = rep
             files.append(rep)
             errors += rep.errors
             warns += rep.warnings
-        warns += session_problems(session, reports)
+        warns += session_problems(session, reports, rules)
     return SubjectValidation(subject.label, errors, warns, files)
 
 
 def validate_study(bids_dir: str | Path, participant_labels: list[str] | None = None,
-                   baseline_session: str | None = None) -> tuple[Study, list[SubjectValidation]]:
+                   baseline_session: str | None = None,
+                   rules: InputRules = DEFAULT_RULES) -> tuple[Study, list[SubjectValidation]]:
+    """Discover the dataset and check every subject (problems name files relative to ``bids_dir``)."""
     study = discover(bids_dir, participant_labels, baseline_session)
-    return study, [validate_subject(s, study.bids_dir) for s in study.subjects.values()]
+    return study, [validate_subject(s, study.bids_dir, rules) for s in study.subjects.values()]
 
 
 def run_subject(config: dict[str, Any], subject: str, out_json: str) -> None:
@@ -425,7 +446,7 @@ def run_subject(config: dict[str, Any], subject: str, out_json: str) -> None:
     log.info("checking sub-%s in %s (paths below are relative to it)", subject, config["bids_dir"])
     if subject not in study.subjects:
         raise ValidationError(study.problems or [f"sub-{subject}: not found in the BIDS directory"])
-    result = validate_subject(study.subjects[subject], study.bids_dir)
+    result = validate_subject(study.subjects[subject], study.bids_dir, InputRules.from_config(config))
     for w in result.warnings:
         log.warning("%s", w)
     if result.errors:

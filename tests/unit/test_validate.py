@@ -471,3 +471,24 @@ def test_qform_quaternion_that_is_not_a_rotation(study, capsys):
     root, f = study
     patch(f, 256, "<3f", 0.9, 0.5, 0.3)  # quatern_b, c, d: b^2 + c^2 + d^2 > 1
     one_error(root, capsys, FLAIR, "is not a rotation", "qform_code")
+
+
+def test_thresholds_are_config_keys(study, capsys):
+    root, f = study
+    write_nifti(f, brain_like((24, 24, 16)))  # 72 x 77 x 64 mm
+    one_error(root, capsys, FLAIR, "cannot contain a brain")
+    assert main(["validate", str(root), "--config", "validation.min_fov_mm=60", "validation.min_fov_max_mm=70"]) == 0
+    assert main(["validate", str(root), "--config", "validation.min_fov_mm=lots"]) == 2
+    assert "validation.min_fov_mm" in capsys.readouterr().err
+
+
+def test_run_subject_reads_the_rules_from_the_config(tmp_path):
+    files = make_study(tmp_path)
+    shifted = AFFINE.copy()
+    shifted[:3, 3] += (0.0, 3.0, 0.0)
+    write_nifti(files[("p01", "M00", "T1w")], qform=shifted)
+    with pytest.raises(ValidationError, match="qform and sform disagree by up to 3.0 mm"):
+        run_subject({"bids_dir": str(tmp_path)}, "p01", str(tmp_path / "v.json"))
+    run_subject({"bids_dir": str(tmp_path), "validation": {"qform_sform_tolerance_mm": 5.0}}, "p01",
+                str(tmp_path / "v.json"))
+    assert (tmp_path / "v.json").is_file()
