@@ -492,3 +492,9 @@ def test_run_subject_reads_the_rules_from_the_config(tmp_path):
     run_subject({"bids_dir": str(tmp_path), "validation": {"qform_sform_tolerance_mm": 5.0}}, "p01",
                 str(tmp_path / "v.json"))
     assert (tmp_path / "v.json").is_file()
+
+
+def test_signalling_nan_in_pixdim(study, capsys):
+    root, f = study
+    patch(f, OFF_PIXDIM + 12, "<I", 0x7FA00000)  # a signalling NaN: numpy warns when it is cast
+    one_error(root, capsys, FLAIR, "zero, negative or not finite")
