@@ -203,7 +203,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_run_config(out, config)
         print("msimaging: running " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
         return EXIT_OK if subprocess.call(cmd) == 0 else EXIT_FAILED
-    from msimaging.recovery import RunLocked, clear_partial_outputs, run_lock, stale_snakemake_locks
+    from msimaging.recovery import (RunLocked, clear_partial_outputs, run_lock, stale_snakemake_locks,
+                                    stale_temporary_files)
 
     try:
         with run_lock(out) as lock_fd:
@@ -212,6 +213,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"msimaging: resuming in {out}: removing the lock a stopped run left behind", file=sys.stderr)
                 unlock = snakemake_command(out, config_file, 1, profile, False, []) + ["--unlock", "--quiet"]
                 subprocess.call(unlock, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for tmp in stale_temporary_files(out):  # half-written files of a killed run: never outputs
+                tmp.unlink()
             clear_partial_outputs(out)
             print("msimaging: running " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
             # snakemake inherits the lock, so it stays held while any part of this run is alive

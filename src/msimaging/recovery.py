@@ -7,7 +7,8 @@ this (``--keep-going``, ``--rerun-incomplete``, atomic outputs); this module doe
 - :func:`run_lock` holds an exclusive ``flock`` on ``OUTPUT_DIR/.msimaging.lock`` for the whole
   run. The kernel drops it when the last process holding it dies, however it dies, so a lock
   that can be taken proves no msimaging run is alive there; Snakemake's own lock left behind
-  by a killed run is then stale and :func:`stale_snakemake_locks` finds it for removal.
+  by a killed run is then stale and :func:`stale_snakemake_locks` finds it for removal, as
+  :func:`stale_temporary_files` finds the temporary files of atomic writes it interrupted.
 - :func:`failed_subjects` names every subject without its endpoints table, with the first
   line of the failing rule's log that says why (the ``<rule> failed: <reason>`` line that
   :func:`msimaging.runtime.step` writes).
@@ -69,6 +70,28 @@ def stale_snakemake_locks(out: Path) -> list[Path]:
     """Snakemake lock files in ``out`` (stale when :func:`run_lock` could be taken)."""
     locks = out / ".snakemake" / "locks"
     return sorted(locks.glob("*.lock")) if locks.is_dir() else []
+
+
+#: The names io.atomic_path gives its temporary files: ``.<stem>.<8 random chars><suffixes>``.
+_TEMP_NAME = re.compile(r"^\.[^./]+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)*$")
+
+
+def stale_temporary_files(out: Path) -> list[Path]:
+    """Temporary files that atomic writes of a killed run left behind (never complete outputs).
+
+    Only meaningful while :func:`run_lock` is held (no live run is writing). Snakemake's own
+    bookkeeping (``.snakemake``) is left alone.
+    """
+    if not out.is_dir():
+        return []
+    found = []
+    for path in sorted(out.rglob(".*")):
+        rel = path.relative_to(out)
+        if rel.parts[0] == ".snakemake" or not path.is_file() or path.name == LOCK_NAME:
+            continue
+        if _TEMP_NAME.match(path.name):
+            found.append(path)
+    return found
 
 
 def failure_reason(log_path: Path) -> str | None:

@@ -15,7 +15,8 @@ from msimaging import layout as L
 from msimaging.bids import discover
 from msimaging.endpoints import COLUMNS
 from msimaging.recovery import (PARTIAL_MARKER, RunLocked, clear_partial_outputs, failed_subjects, failure_reason,
-                                run_lock, stale_snakemake_locks, write_partial_outputs)
+                                run_lock, stale_snakemake_locks, stale_temporary_files,
+                                write_partial_outputs)
 from msimaging.runtime import failure_text, step
 from msimaging.validate import ValidationError
 
@@ -145,3 +146,24 @@ def test_stale_snakemake_locks_are_found(tmp_path):
     (tmp_path / ".snakemake" / "locks").mkdir(parents=True)
     (tmp_path / ".snakemake" / "locks" / "0.input.lock").write_text("x")
     assert [p.name for p in stale_snakemake_locks(tmp_path)] == ["0.input.lock"]
+
+
+def test_temporary_files_of_interrupted_atomic_writes_are_found(tmp_path):
+    from msimaging.io import atomic_path
+
+    out = tmp_path / "out"
+    target = out / "sub-p01" / "ses-M00" / "anat" / "sub-p01_ses-M00_label-lesion_mask.nii.gz"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            (out / "work").mkdir(parents=True)
+            kept = out / "work" / tmp.name  # what a SIGKILL here would have left behind
+            kept.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert not tmp.exists() and not target.exists()  # a failure inside the process cleans up itself
+    (out / ".snakemake" / "incomplete").mkdir(parents=True)
+    (out / ".snakemake" / "incomplete" / ".abc").write_text("")
+    (out / ".msimaging.lock").write_text("")
+    (out / "sub-p01" / ".hidden_notes.txt").write_text("user file")
+    (out / "endpoints.csv").write_text("a,b\n")
+    assert stale_temporary_files(out) == [kept]

@@ -28,6 +28,7 @@ import pytest
 from msimaging import io
 from msimaging.endpoints import COLUMNS
 from msimaging.phantom import PhantomOptions, make_study
+from msimaging.recovery import stale_temporary_files
 from tests.workflow.conftest import MSIMAGING, run_cli
 
 pytestmark = pytest.mark.slow
@@ -157,6 +158,7 @@ def test_sigkill_mid_run_then_resume_gives_byte_identical_tables(run_a, study, t
     resumed = run_cli("run", str(study), str(out), "--cores", CORES)
     assert resumed.returncode == 1, resumed.stderr[-4000:]  # p02 and p03 still fail, p01 completes
     assert "removing the lock a stopped run left behind" in resumed.stderr
+    assert stale_temporary_files(out) == []
     a, b = tables(out_a), tables(out)
     assert sorted(a) == sorted(b)
     assert [k for k in a if a[k] != b[k]] == []
