@@ -10,21 +10,24 @@ three stages, each only when the previous one passed, so a corrupt file gives on
 
 1. the raw header bytes (before nibabel silently "fixes" them): NIfTI magic and header size,
    dimensions (a 3D volume, plausible sizes), data type (real numbers), voxel sizes in ``pixdim``
-   (positive, finite), ``vox_offset``, qform/sform codes, ``scl_slope``, file size;
+   (positive, finite, plausible), ``vox_offset``, qform/sform codes, the qform quaternion,
+   ``scl_slope``, and the size of the whole (decompressed) stream, read to its end so that a gzip
+   file missing its last bytes is reported as truncated;
 2. the geometry nibabel derives: the voxel-to-world affine (singular, sheared, absurd voxel
    sizes, NaN), qform/sform disagreement, field of view that cannot contain a brain;
 3. the voxel data: readable to the end (truncated files), finite (NaN/Inf), not constant.
 
 Per session, contrasts whose fields of view do not overlap in space are reported (a header
 that places one series somewhere else; registration can often recover, so it is a warning).
+Thresholds are config keys (``validation.*``, :class:`InputRules`).
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
-import zlib
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field

@@ -167,3 +167,15 @@ def test_temporary_files_of_interrupted_atomic_writes_are_found(tmp_path):
     (out / "sub-p01" / ".hidden_notes.txt").write_text("user file")
     (out / "endpoints.csv").write_text("a,b\n")
     assert stale_temporary_files(out) == [kept]
+
+
+def test_run_refuses_an_output_directory_in_use(tmp_path, capsys):
+    from msimaging.cli import main
+
+    _study(tmp_path)
+    out = tmp_path / "out"
+    with run_lock(out):
+        assert main(["run", str(tmp_path / "bids"), str(out), "--cores", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "another msimaging run is using this output directory" in err
+    assert not (out / ".snakemake").exists()  # nothing was started
