@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     va = sub.add_parser("validate", help="check a BIDS dataset's inputs")
     va.add_argument("bids_dir", type=Path)
     va.add_argument("--participant-label", nargs="+", default=[], metavar="S")
+    va.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="e.g. validation.min_fov_mm=60 baseline_session=M00 (see config/README.md)")
 
     im = sub.add_parser("import-dicom", help="convert one visit's DICOM series into BIDS (no identifying data)")
     im.add_argument("dicom_dir", type=Path)
@@ -197,28 +199,50 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"msimaging: warning: {line}", file=sys.stderr)
     out = args.output_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    config_file = write_run_config(out, config)
-    cmd = snakemake_command(out, config_file, args.cores, _profile_dir(args.profile), args.dry_run,
+    profile = _profile_dir(args.profile)
+    cmd = snakemake_command(out, out / "msimaging_config.yaml", args.cores, profile, args.dry_run,
                             list(args.snakemake_args))
-    print("msimaging: running " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
-    rc = subprocess.call(cmd)
     if args.dry_run:
-        return EXIT_OK if rc == 0 else EXIT_FAILED
-    return finish_run(out, study, config, rc)
+        write_run_config(out, config)
+        print("msimaging: running " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
+        return EXIT_OK if subprocess.call(cmd) == 0 else EXIT_FAILED
+    from msimaging.recovery import (RunLocked, clear_partial_outputs, run_lock, stale_snakemake_locks,
+                                    stale_temporary_files)
+
+    try:
+        with run_lock(out) as lock_fd:
+            config_file = write_run_config(out, config)
+            if stale_snakemake_locks(out):  # left by a run that was killed: no live run holds OUTPUT_DIR
+                print(f"msimaging: resuming in {out}: removing the lock a stopped run left behind", file=sys.stderr)
+                unlock = snakemake_command(out, config_file, 1, profile, False, []) + ["--unlock", "--quiet"]
+                subprocess.call(unlock, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for tmp in stale_temporary_files(out):  # half-written files of a killed run: never outputs
+                tmp.unlink()
+            clear_partial_outputs(out)
+            print("msimaging: running " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
+            # snakemake inherits the lock, so it stays held while any part of this run is alive
+            rc = subprocess.call(cmd, pass_fds=(lock_fd,))
+            return finish_run(out, study, config, rc)
+    except RunLocked as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def finish_run(out: Path, study: Any, config: dict[str, Any], rc: int) -> int:
     """After Snakemake: fill fail rows for subjects that did not finish, print the summary."""
     from msimaging import layout as L
-    from msimaging.outcome import failed_subjects, write_partial_outputs
+    from msimaging.recovery import failed_subjects, write_partial_outputs
 
     failed = failed_subjects(out, list(study.subjects))
     if rc != 0 or failed:
         write_partial_outputs(out, study, failed)
-        print("msimaging: the run did not complete for every subject:", file=sys.stderr)
+        print(f"msimaging: {len(failed)} of {len(study.subjects)} subject(s) failed (their rows in endpoints.csv "
+              "have qc_status=fail):", file=sys.stderr)
         for sub, (reason, log_path) in failed.items():
             print(f"  sub-{sub}: {reason} (log: {log_path})", file=sys.stderr)
-        print(f"msimaging: endpoints of the others: {out / L.ENDPOINTS_CSV}", file=sys.stderr)
+        if not failed:
+            print("  snakemake failed before or after the subjects' steps; see its messages above", file=sys.stderr)
+        print(f"msimaging: endpoints: {out / L.ENDPOINTS_CSV}; fix the inputs named above and run the same "
+              "command again (finished steps are not recomputed)", file=sys.stderr)
         return EXIT_FAILED
     print(f"msimaging: endpoints: {out / L.ENDPOINTS_CSV}")
     for sub in study.subjects:
@@ -316,9 +340,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from msimaging.validate import validate_study
+    """Check every input; one line per problem (files relative to BIDS_DIR); exit 2 on any error."""
+    from msimaging.validate import InputRules, validate_study
 
-    study, results = validate_study(args.bids_dir, args.participant_label or None)
+    if not args.bids_dir.is_dir():
+        raise UsageError(f"{args.bids_dir}: BIDS directory not found")
+    config = _effective_config(args.bids_dir, args.participant_label, args.overrides, None)
+    baseline = (config.get("baseline_session") or "").removeprefix("ses-") or None
+    try:
+        study, results = validate_study(args.bids_dir, config["participant_label"] or None, baseline,
+                                        InputRules.from_config(config))
+    except OSError as exc:
+        raise UsageError(f"{args.bids_dir}: cannot be read ({exc.strerror or exc}); check permissions") from exc
     errors = list(study.problems)
     n_files = 0
     for r in results:
@@ -329,7 +362,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     if errors or not study.subjects:
-        print(f"msimaging validate: {len(errors)} problem(s) in {args.bids_dir}", file=sys.stderr)
+        print(f"msimaging validate: {len(errors)} problem(s) in {args.bids_dir} (file names are relative to it); "
+              "fix them and run validate again", file=sys.stderr)
         return EXIT_USAGE
     print(f"msimaging validate: {len(study.subjects)} subject(s), {n_files} image(s): OK")
     return EXIT_OK

@@ -65,7 +65,13 @@ class Plan:
         return f"{' and '.join(missing)} missing" if missing else None
 
     def usable(self, sub: str) -> bool:
-        return all(s.reference is not None for s in self.subject(sub).sessions)
+        """Whether the subject's steps can be planned (sessions, each with a FLAIR or T2w).
+
+        An unusable subject gets only its validate_inputs job, which fails and names the
+        problem; planning its other steps would stop the DAG for every subject.
+        """
+        sessions = self.subject(sub).sessions
+        return bool(sessions) and all(s.reference is not None for s in sessions)
 
     def days_since_baseline(self, sub: str, ses: str) -> int | None:
         bl = self.subject(sub).baseline.acq_time
@@ -216,7 +222,8 @@ class Plan:
         return files
 
     def group_inputs(self, wc: Any = None) -> dict[str, list[str]]:
-        subs = self.subjects()
-        return {"tables": [L.subject_endpoints(s) for s in subs],
+        subs = [s for s in self.subjects() if self.usable(s)]
+        return {"validations": [L.validation(s) for s in self.subjects() if not self.usable(s)],
+                "tables": [L.subject_endpoints(s) for s in subs],
                 "pages": [L.qc_page(s) for s in subs],
                 "reports": [r for s in subs for ses in self.sessions(s) for r in self.step_reports(s, ses)]}

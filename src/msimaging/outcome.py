@@ -133,50 +133,5 @@ def dataset_description() -> dict[str, Any]:
     }
 
 
-def _last_error(log_path: Path) -> str | None:
-    try:
-        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    errors = [ln.split(" ERROR ", 1)[1] for ln in lines if " ERROR " in ln and "details:" not in ln]
-    return errors[0].split(": ", 1)[-1] if errors else None
-
-
-def failed_subjects(out: Path, subjects: list[str]) -> dict[str, tuple[str, str]]:
-    """Subjects without their endpoints table: {subject: (reason, log path)}."""
-    from msimaging import layout as L
-
-    failed: dict[str, tuple[str, str]] = {}
-    for sub in subjects:
-        if (out / L.subject_endpoints(sub)).is_file():
-            continue
-        logs = sorted((out / "logs").glob(f"*/sub-{sub}*.log"), key=lambda p: p.stat().st_mtime)
-        reason, where = "processing did not finish", str(out / "logs")
-        for log_path in reversed(logs):
-            err = _last_error(log_path)
-            if err:
-                reason = f"{log_path.parent.name} failed: {err}"
-                where = str(log_path)
-                break
-        failed[sub] = (reason, where)
-    return failed
-
-
-def write_partial_outputs(out: Path, study: Any, failed: dict[str, tuple[str, str]]) -> None:
-    """endpoints.csv with the finished subjects' rows and qc_status=fail rows for the others."""
-    from msimaging import io
-    from msimaging import layout as L
-    from msimaging.endpoints import fail_row
-
-    rows: list[dict[str, Any]] = []
-    for sub, subject in study.subjects.items():
-        table = out / L.subject_endpoints(sub)
-        if sub not in failed and table.is_file():
-            rows += io.read_table(table)
-            continue
-        reason = failed.get(sub, ("processing did not finish", ""))[0]
-        sessions = [s.label for s in subject.sessions] or [None]
-        for i, ses in enumerate(sessions):
-            rows.append(fail_row(sub, ses, reason, is_baseline=(i == 0) if ses else None))
-    io.write_table(out / L.ENDPOINTS_CSV, COLUMNS, rows, sep=",")
-    io.write_json(out / L.ENDPOINTS_JSON, data_dictionary())
+# Moved to msimaging.recovery (issue #9); the names stay importable from here.
+from msimaging.recovery import failed_subjects, write_partial_outputs  # noqa: E402,F401

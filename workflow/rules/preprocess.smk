@@ -47,7 +47,7 @@ rule brain_mask:
         L.log("brain_mask", "{subject}", "{session}"),
     benchmark:
         L.benchmark("brain_mask", "{subject}", "{session}")
-    threads: 2
+    threads: 1  # multi-threaded ITK registration is not reproducible run to run (DESIGN §9)
     resources:
         mem_mb=3000,
         runtime=15,
