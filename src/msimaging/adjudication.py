@@ -352,6 +352,9 @@ def apply_decisions(rows: Sequence[Mapping[str, str]], inventory: Sequence[Inven
         if added:
             notes.append("reader adjudication: volumes exclude added lesions (no outline)")
         new["qc_notes"] = "; ".join(notes)
+        log_rows.append({"subject": row["subject"], "session": row["session"], "column": "qc_notes",
+                         "pipeline_value": row.get("qc_notes") or "", "adjudicated_value": new["qc_notes"],
+                         "reason": reason})
         out.append(new)
     if problems:
         raise AdjudicationError(problems)
