@@ -113,7 +113,7 @@ def choose_slices(masks: Sequence[np.ndarray], fallback_extent: np.ndarray | Non
         lo, hi = zs.min(), zs.max()
     else:
         lo, hi = int(nz * 0.25), int(nz * 0.75)
-    return sorted(set(np.linspace(lo + 0.15 * (hi - lo), hi - 0.1 * (hi - lo), n_slices).round().astype(int)))
+    return sorted(set(np.linspace(lo + 0.3 * (hi - lo), hi - 0.12 * (hi - lo), n_slices).round().astype(int)))
 
 
 def plot_overlays(image: np.ndarray, affine: np.ndarray, overlays: dict[str, np.ndarray], out_png: str,
@@ -151,16 +151,20 @@ def plot_overlays(image: np.ndarray, affine: np.ndarray, overlays: dict[str, np.
     return chosen
 
 
-def edges(image: np.ndarray, mask: np.ndarray | None, percentile: float = 88.0) -> np.ndarray:
-    """Strong intensity edges of an image (gradient magnitude above a percentile inside ``mask``)."""
+def edges(image: np.ndarray, mask: np.ndarray | None, percentile: float = 85.0) -> np.ndarray:
+    """Strong intensity edges inside ``mask`` (gradient magnitude above its percentile there)."""
     from scipy import ndimage as ndi
 
     smooth = ndi.gaussian_filter(np.asarray(image, float), 1.0)
     grad = np.sqrt(sum(ndi.sobel(smooth, axis=a) ** 2 for a in range(3)))
-    inside = grad[mask > 0] if mask is not None and mask.any() else grad[grad > 0]
+    if mask is None or not np.any(mask):
+        inside = grad[grad > 0]
+        return grad > np.percentile(inside, percentile) if inside.size else np.zeros(image.shape, bool)
+    region = ndi.binary_erosion(np.asarray(mask) > 0, iterations=1)  # brain structures, not the scalp
+    inside = grad[region]
     if inside.size == 0:
         return np.zeros(image.shape, bool)
-    return grad > np.percentile(inside, percentile)
+    return (grad > np.percentile(inside, percentile)) & region
 
 
 def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
