@@ -255,6 +255,7 @@ def plan_merge(doc: CsvDocument, imaging: Sequence[Mapping[str, str]], options: 
     out_cols = [options.prefix + c for c in columns]
     plan = MergePlan(new_columns=[c for c in out_cols if c not in header])
     full_header = header + plan.new_columns
+    position = {c: j for j, c in enumerate(full_header)}
     ambiguous = []
     missing_subjects: set[str] = set()
     for row in imaging:
@@ -274,7 +275,7 @@ def plan_merge(doc: CsvDocument, imaging: Sequence[Mapping[str, str]], options: 
         plan.matched_rows += 1
         vals = doc.records[r].values
         for src, dst in zip(columns, out_cols):
-            j = full_header.index(dst)
+            j = position[dst]
             old = vals[j] if j < len(vals) else ""
             new = row.get(src)
             new = "" if new is None else str(new)
@@ -292,14 +293,14 @@ def apply_plan(doc: CsvDocument, plan: MergePlan) -> CsvDocument:
     header = records[0]
     width = len(header.raw)
     header.raw += [quote(c, doc.delimiter) for c in plan.new_columns]
-    columns = [unquote(f) for f in header.raw]
+    position = {unquote(f): j for j, f in reversed(list(enumerate(header.raw)))}
     if plan.new_columns:  # keep the table rectangular: new columns are empty where nothing matched
         for rec in records[1:]:
             if not rec.is_blank() and len(rec.raw) >= width:
                 rec.raw += [""] * len(plan.new_columns)
     for ch in plan.changes:
         rec = records[ch.row]
-        j = columns.index(ch.column)
+        j = position[ch.column]
         if len(rec.raw) <= j:
             rec.raw += [""] * (j + 1 - len(rec.raw))
         rec.raw[j] = quote(ch.new, doc.delimiter)
@@ -399,7 +400,7 @@ def merge_dataset(dataset: str | Path, imaging: Sequence[Mapping[str, str]], opt
         append_audit(audit, audit_rows(plan, now, pipeline_version, reasons))
         with io.atomic_path(path) as tmp:
             tmp.write_bytes(merged)
-        log.info("merged %d cell(s) into %s (backup %s)", len(plan.changes), path, backup)
+        log.debug("merged %d cell(s) into %s (backup %s)", len(plan.changes), path, backup)
     return MergeResult(str(path), len(plan.changes), plan.matched_rows, plan.new_columns, plan.missing_subjects,
                        plan.missing_visits, str(backup) if backup else None, str(audit))
 
