@@ -43,7 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--participant-label", nargs="+", default=[], metavar="S")
     run.add_argument("--cores", type=int, default=max(1, os.cpu_count() or 1))
     run.add_argument("--profile", default=None, help="'default', 'slurm' or a profile directory")
-    run.add_argument("--outcome-dataset", type=Path, default=None, metavar="CSV")
+    run.add_argument("--outcome-dataset", type=Path, default=None, metavar="CSV",
+                     help="the trial's outcome CSV: mri_ columns merged in after the run (backup + audit trail)")
+    run.add_argument("--adjudication", type=Path, default=None, metavar="TSV",
+                     help="a central reader's lesion decisions (reject/confirm/add), applied to the endpoints")
     run.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides")
     run.add_argument("--dry-run", action="store_true")
     run.epilog = "Arguments after '--' are passed to snakemake unchanged."
@@ -125,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _effective_config(bids_dir: Path, labels: list[str], overrides: list[str],
-                      outcome: Path | None) -> dict[str, Any]:
+                      outcome: Path | None, adjudication: Path | None = None) -> dict[str, Any]:
     from msimaging.config import ConfigError, deep_merge, load_config, parse_override
 
     update: dict[str, Any] = {"bids_dir": str(bids_dir.resolve()),
@@ -135,6 +138,8 @@ def _effective_config(bids_dir: Path, labels: list[str], overrides: list[str],
             update = deep_merge(update, parse_override(text))
         if outcome is not None:
             update = deep_merge(update, {"outcome": {"dataset": str(outcome.resolve())}})
+        if adjudication is not None:
+            update = deep_merge(update, {"outcome": {"adjudication": str(adjudication.resolve())}})
         return load_config(update)
     except ConfigError as exc:
         raise UsageError(*str(exc).splitlines()) from exc
@@ -191,7 +196,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.bids_dir}: BIDS directory not found")
     if args.outcome_dataset is not None and not args.outcome_dataset.is_file():
         raise UsageError(f"--outcome-dataset {args.outcome_dataset}: file not found")
-    config = _effective_config(args.bids_dir, args.participant_label, args.overrides, args.outcome_dataset)
+    config = _effective_config(args.bids_dir, args.participant_label, args.overrides, args.outcome_dataset,
+                               getattr(args, "adjudication", None))
+    _check_outcome_inputs(config)
     study = discover(args.bids_dir, config["participant_label"] or None)
     if not study.subjects:
         raise UsageError(*(study.problems or [f"{args.bids_dir}: no subjects to process"]))
@@ -222,9 +229,52 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("msimaging: running " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
             # snakemake inherits the lock, so it stays held while any part of this run is alive
             rc = subprocess.call(cmd, pass_fds=(lock_fd,))
-            return finish_run(out, study, config, rc)
+            rc = finish_run(out, study, config, rc)
     except RunLocked as exc:
         raise UsageError(str(exc)) from exc
+    if rc == EXIT_OK and config["outcome"]["dataset"]:
+        return merge_outcome(out, config)
+    if config["outcome"]["dataset"]:
+        print(f"msimaging: outcome dataset {config['outcome']['dataset']} not updated (the run did not complete)",
+              file=sys.stderr)
+    return rc
+
+
+def _check_outcome_inputs(config: dict[str, Any]) -> None:
+    """Before hours of computing: the outcome dataset has its key columns, the reader's file parses."""
+    from msimaging.adjudication import AdjudicationError, read_decisions
+    from msimaging.merge import MergeError, MergeOptions, parse_csv, plan_merge
+
+    o = config["outcome"]
+    if o.get("adjudication"):
+        try:
+            read_decisions(o["adjudication"])
+        except AdjudicationError as exc:
+            raise UsageError(*exc.problems) from exc
+    if o.get("dataset"):
+        path = Path(o["dataset"])
+        if not path.is_file():
+            raise UsageError(f"--outcome-dataset {path}: file not found")
+        try:
+            plan_merge(parse_csv(path.read_bytes()), [], MergeOptions.from_config(config))
+        except MergeError as exc:
+            raise UsageError(f"--outcome-dataset {path}: {exc}") from exc
+
+
+def merge_outcome(out: Path, config: dict[str, Any]) -> int:
+    """Merge endpoints.csv into the trial's outcome dataset and say what changed."""
+    from msimaging import io
+    from msimaging import layout as L
+    from msimaging.merge import MergeError, run_merge
+
+    try:
+        result = run_merge(out / L.ENDPOINTS_CSV, config["outcome"]["dataset"], config, out / L.ADJUDICATION_TSV)
+    except MergeError as exc:
+        raise UsageError(f"--outcome-dataset {config['outcome']['dataset']}: {exc} (nothing written)") from exc
+    io.write_json(out / L.OUTCOME_MERGE_JSON, result.to_dict())
+    for line in result.summary():
+        print(f"msimaging: {line}")
+    return EXIT_OK
 
 
 def finish_run(out: Path, study: Any, config: dict[str, Any], rc: int) -> int:
