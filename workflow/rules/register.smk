@@ -9,6 +9,8 @@ rule coregister:
         L.log("coregister", "{subject}", "{session}", "{contrast}_to-{ref}"),
     benchmark:
         L.benchmark("coregister", "{subject}", "{session}", "{contrast}_to-{ref}")
+    group:
+        "subject"
     threads: 2
     resources:
         mem_mb=2000,
@@ -29,6 +31,8 @@ rule register_to_baseline:
         L.log("register_to_baseline", "{subject}", "{session}"),
     benchmark:
         L.benchmark("register_to_baseline", "{subject}", "{session}")
+    group:
+        "subject"
     threads: 2
     resources:
         mem_mb=2000,
