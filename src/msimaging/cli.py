@@ -78,6 +78,20 @@ def _parser() -> argparse.ArgumentParser:
     va = sub.add_parser("validate", help="check a BIDS dataset's inputs")
     va.add_argument("bids_dir", type=Path)
     va.add_argument("--participant-label", nargs="+", default=[], metavar="S")
+
+    im = sub.add_parser("import-dicom", help="convert one visit's DICOM series into BIDS (no identifying data)")
+    im.add_argument("dicom_dir", type=Path)
+    im.add_argument("bids_dir", type=Path)
+    im.add_argument("--subject", required=True, metavar="S", help="BIDS subject label (the trial's, never the MRN)")
+    im.add_argument("--session", required=True, metavar="V", help="BIDS session label, e.g. M06")
+    im.add_argument("--series-map", type=Path, default=None, metavar="FILE",
+                    help="YAML/JSON overrides: by_number {N: contrast|skip}, by_description {pattern: ...}")
+    im.add_argument("--no-dates", action="store_true",
+                    help="keep no real dates: sessions.tsv gets dates shifted so day 0 is 1800-01-01")
+    im.add_argument("--date-key", type=Path, default=None, metavar="FILE",
+                    help="with --no-dates: private TSV, outside BIDS_DIR, with each subject's real day 0")
+    im.add_argument("--overwrite", action="store_true", help="replace the session's images if it exists")
+    im.add_argument("--dry-run", action="store_true", help="list the series and decisions, write nothing")
     return p
 
 
@@ -341,8 +355,36 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import_dicom(args: argparse.Namespace) -> int:
+    from msimaging.dicom import DicomImportError, format_listing, load_series_map, run_import
+
+    if args.date_key is not None and not args.no_dates:
+        raise UsageError("--date-key is only used with --no-dates")
+    try:
+        series_map = load_series_map(args.series_map) if args.series_map is not None else None
+        result = run_import(args.dicom_dir, args.bids_dir, args.subject, args.session, series_map=series_map,
+                            keep_dates=not args.no_dates, date_key=args.date_key, overwrite=args.overwrite,
+                            dry_run=args.dry_run)
+    except DicomImportError as exc:
+        raise UsageError(*exc.problems) from exc
+    if result.series:
+        print(format_listing(result))
+    for line in result.warnings:
+        print(f"msimaging: warning: {line}", file=sys.stderr)
+    if result.problems:
+        raise UsageError(*result.problems)
+    if args.dry_run:
+        print("msimaging import-dicom: dry run, nothing written")
+        return EXIT_OK
+    for contrast, path in sorted(result.written.items()):
+        print(f"msimaging: {contrast}: {path}")
+    print(f"msimaging: sub-{result.subject} ses-{result.session} imported (acq_time {result.acq_time}); "
+          f"next: msimaging validate {args.bids_dir}")
+    return EXIT_OK
+
+
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "phantom": cmd_phantom, "evaluate": cmd_evaluate,
-            "validate": cmd_validate}
+            "validate": cmd_validate, "import-dicom": cmd_import_dicom}
 
 
 if __name__ == "__main__":  # pragma: no cover
