@@ -57,10 +57,13 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
 fi
 munge -n | unmunge >/dev/null || die "munge does not work"
 
-# 3. slurm.conf for one node: this machine's CPUs, its memory less 512 MB for the system.
+# 3. slurm.conf for one node: this machine's CPUs, its memory less 512 MB for the system, but at
+# least 16 GB. SLURM only books memory here (no cgroup enforcement, task/none), so a small CI
+# machine can still schedule a subject job that asks for what a cluster node would give it;
+# SlurmdParameters=config_overrides keeps slurmd from draining a node whose RAM is below that.
 HOST=$(hostname -s)
 CPUS=$(nproc)
-MEM_MB=$(awk '/MemTotal/ {printf "%d", $2 / 1024 - 512}' /proc/meminfo)
+MEM_MB=$(awk '/MemTotal/ {m = int($2 / 1024 - 512); if (m < 16384) m = 16384; print m}' /proc/meminfo)
 if [ -e "$CONF" ] && ! grep -qF "$MARK" "$CONF"; then
     die "$CONF exists and was not written by this script: not replacing a site's configuration"
 fi
@@ -68,7 +71,7 @@ mkdir -p /etc/slurm
 cat > "$CONF" <<EOF
 $MARK ($(date -u +%Y-%m-%dT%H:%M:%SZ))
 ClusterName=msimaging-ci
-SlurmctldHost=$HOST
+SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -78,6 +81,7 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
+SlurmdParameters=config_overrides
 # No accounting database: the executor plugin polls squeue; keep finished jobs visible 10 min.
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none

@@ -41,7 +41,7 @@ class _TreeSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval_s = pid, interval_s
         self.peak_bytes, self.peak_processes, self.samples = 0, 0, 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def sample(self) -> None:
         import psutil
@@ -63,12 +63,12 @@ class _TreeSampler(threading.Thread):
         self.peak_processes = max(self.peak_processes, len(procs))
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.sample()
-            self._stop.wait(self.interval_s)
+            self._halt.wait(self.interval_s)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
