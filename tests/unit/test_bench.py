@@ -142,3 +142,23 @@ def test_slurm_profile_leaves_site_settings_to_the_site_and_pins_the_plugin():
     pyproject = (REPO / "pyproject.toml").read_text()
     assert re.search(r'"snakemake-executor-plugin-slurm>=2\.6\.1,<2\.7"', pyproject)
     assert not math.isnan(float(profile["latency-wait"]))
+
+
+def test_budget_summary_takes_medians_of_successful_runs_and_judges_the_budget(two_runs):
+    from msimaging.bench.budget import Budget, format_summary, summarise_case
+    from msimaging.bench.measure import RunMeasure
+
+    def measure(rc: int, wall: float, rss: float) -> RunMeasure:
+        return RunMeasure(returncode=rc, wall_s=wall, peak_tree_rss_mb=rss, max_process_rss_mb=rss / 2,
+                          cpu_s=wall, peak_processes=5, samples=10)
+
+    results = [(two_runs[0], measure(0, 100.0, 2000.0)), (two_runs[1], measure(0, 200.0, 4000.0)),
+               (two_runs[1], measure(1, 5.0, 10.0))]  # the failed run counts in neither median
+    s = summarise_case(results, cores=2, budget=Budget(wall_s=180.0, rss_mb=3000.0))
+    assert s["runs"] == 3 and s["ok_runs"] == 2
+    assert s["wall_s_median"] == 150.0 and s["peak_tree_rss_mb_median"] == 3000.0
+    assert s["wall_met"] and s["rss_met"] and s["core_use"] == pytest.approx(0.5)
+    s = summarise_case(results[1:], cores=2, budget=Budget(wall_s=180.0, rss_mb=None))
+    assert not s["wall_met"] and s["rss_met"] is None
+    text = format_summary("case", s)
+    assert "NOT MET" in text and "no budget" in text
