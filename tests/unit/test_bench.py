@@ -158,6 +158,7 @@ def test_budget_summary_takes_medians_of_successful_runs_and_judges_the_budget(t
     assert s["runs"] == 3 and s["ok_runs"] == 2
     assert s["wall_s_median"] == 150.0 and s["peak_tree_rss_mb_median"] == 3000.0
     assert s["wall_met"] and s["rss_met"] and s["core_use"] == pytest.approx(0.5)
+    assert s["cpu_floor_wall_s"] == pytest.approx(75.0)  # median CPU 150 s over 2 cores
     s = summarise_case(results[1:], cores=2, budget=Budget(wall_s=180.0, rss_mb=None))
     assert not s["wall_met"] and s["rss_met"] is None
     text = format_summary("case", s)
