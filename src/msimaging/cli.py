@@ -41,8 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("bids_dir", type=Path)
     run.add_argument("output_dir", type=Path)
     run.add_argument("--participant-label", nargs="+", default=[], metavar="S")
-    run.add_argument("--cores", type=int, default=max(1, os.cpu_count() or 1))
-    run.add_argument("--profile", default=None, help="'default', 'slurm' or a profile directory")
+    run.add_argument("--cores", type=int, default=None,
+                     help="CPU cores to use (default: the profile's 'cores', else all of this machine's); "
+                          "with --profile slurm: the CPUs of each SLURM job (one subject per job)")
+    run.add_argument("--profile", default=None, help="'default' (local, the default), 'slurm' or a profile directory")
     run.add_argument("--outcome-dataset", type=Path, default=None, metavar="CSV",
                      help="the trial's outcome CSV: mri_ columns merged in after the run (backup + audit trail)")
     run.add_argument("--adjudication", type=Path, default=None, metavar="TSV",
@@ -145,11 +147,11 @@ def _effective_config(bids_dir: Path, labels: list[str], overrides: list[str],
         raise UsageError(*str(exc).splitlines()) from exc
 
 
-def _profile_dir(profile: str | None) -> Path | None:
+def _profile_dir(profile: str | None) -> Path:
     from msimaging.resources import PROFILES_DIR
 
     if profile is None:
-        return None
+        return PROFILES_DIR / "default"
     candidate = PROFILES_DIR / profile
     if candidate.is_dir():
         return candidate
@@ -159,16 +161,37 @@ def _profile_dir(profile: str | None) -> Path | None:
                      f"{sorted(p.name for p in PROFILES_DIR.iterdir() if p.is_dir())} or give a directory)")
 
 
-def snakemake_command(output_dir: Path, config_file: Path, cores: int, profile: Path | None,
+def _profile_sets(profile: Path | None, key: str) -> bool:
+    """Whether the profile's config.yaml sets ``key`` (e.g. ``cores``)."""
+    if profile is None or not (profile / "config.yaml").is_file():
+        return False
+    data = yaml.safe_load((profile / "config.yaml").read_text(encoding="utf-8")) or {}
+    return isinstance(data, dict) and key in data
+
+
+def snakemake_command(output_dir: Path, config_file: Path, cores: int | None, profile: Path | None,
                       dry_run: bool, extra: list[str]) -> list[str]:
+    """The Snakemake command line of ``msimaging run``.
+
+    Exactly one profile is used, passed by path (``profiles/default`` unless another is chosen),
+    and Snakemake's implicit workflow profile is switched off: a run behaves the same from any
+    working directory, and the default profile never overrides keys of the chosen one. ``--cores``
+    is passed when given, else left to the profile when it sets ``cores`` (the SLURM profile sizes
+    its jobs that way), else all of this machine's cores.
+    """
     from msimaging.resources import SNAKEFILE
 
     exe = Path(sys.executable).with_name("snakemake")
     cmd = [str(exe) if exe.exists() else "snakemake", "--snakefile", str(SNAKEFILE),
-           "--directory", str(output_dir), "--configfile", str(config_file),
-           "--cores", str(cores), "--keep-going", "--rerun-incomplete"]
+           "--directory", str(output_dir), "--configfile", str(config_file)]
+    if cores is None and not _profile_sets(profile, "cores"):
+        cores = max(1, os.cpu_count() or 1)
+    if cores is not None:
+        cmd += ["--cores", str(cores)]
+    cmd += ["--keep-going", "--rerun-incomplete"]
     if profile is not None:
         cmd += ["--profile", str(profile)]
+    cmd += ["--workflow-profile", "none"]
     if dry_run:
         cmd += ["--dry-run"]
     return cmd + list(extra)

@@ -20,15 +20,34 @@ from typing import Any
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def set_threads(threads: int) -> None:
-    """Hold numerical libraries to ``threads`` (so SLURM allocations are respected)."""
-    n = str(max(1, int(threads)))
-    for var in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                "MKL_NUM_THREADS"):
-        os.environ[var] = n
-    import SimpleITK as sitk
+THREAD_VARIABLES = ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(n))
+
+def set_threads(threads: int) -> None:
+    """Hold numerical libraries to ``threads`` (so SLURM allocations are respected).
+
+    ITK (SimpleITK and ANTs) reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` when it first needs
+    its default, so setting the variable is enough unless SimpleITK is already in use; only then
+    is its global default set directly. Nothing heavy is imported here: a job that never uses
+    ITK must not pay SimpleITK's import (~0.5 s) for it. (numpy's BLAS pool, sized at import
+    from the CPUs the job may use, is hardly used by msimaging.)
+    """
+    n = max(1, int(threads))
+    for var in THREAD_VARIABLES:
+        os.environ[var] = str(n)
+    sitk = sys.modules.get("SimpleITK")
+    if sitk is not None:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (interpreter start-up + imports so far), or None."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil comes with snakemake
+        return None
+    return max(0.0, time.time() - psutil.Process().create_time())
 
 
 def configure_logging(log_path: str | os.PathLike[str] | None, level: int = logging.INFO) -> None:
@@ -71,7 +90,11 @@ def step(smk: Any, name: str) -> Iterator[logging.Logger]:
     set_threads(getattr(smk, "threads", 1))
     logger = logging.getLogger(f"msimaging.{name}")
     wildcards = {k: v for k, v in dict(smk.wildcards).items()}
-    logger.info("start %s %s threads=%s", name, wildcards, getattr(smk, "threads", 1))
+    startup = process_age_s()
+    # "startup" = interpreter, snakemake's script preamble and the script's imports: the fixed
+    # cost of one job (msimaging.bench.rules reads it back from the logs).
+    logger.info("start %s %s threads=%s startup=%s s", name, wildcards, getattr(smk, "threads", 1),
+                "NA" if startup is None else f"{startup:.2f}")
     t0 = time.perf_counter()
     try:
         yield logger

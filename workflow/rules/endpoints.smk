@@ -10,6 +10,8 @@ rule session_endpoints:
         L.log("session_endpoints", "{subject}", "{session}"),
     benchmark:
         L.benchmark("session_endpoints", "{subject}", "{session}")
+    group:
+        "subject"
     threads: 1
     resources:
         mem_mb=1000,
@@ -29,6 +31,8 @@ rule subject_endpoints:
         L.log("subject_endpoints", "{subject}"),
     benchmark:
         L.benchmark("subject_endpoints", "{subject}")
+    group:
+        "subject"
     threads: 1
     resources:
         mem_mb=500,
@@ -64,6 +68,8 @@ rule qc_report:
         L.log("qc_report", "{subject}"),
     benchmark:
         L.benchmark("qc_report", "{subject}")
+    group:
+        "subject"
     threads: 1
     resources:
         mem_mb=2000,
@@ -72,6 +78,11 @@ rule qc_report:
         "../envs/msimaging.yaml"
     script:
         "../../scripts/qc_report.py"
+
+
+# The group-level table takes a second: on a cluster it runs on the submit node, not as a job.
+localrules:
+    outcome_dataset,
 
 
 rule outcome_dataset:

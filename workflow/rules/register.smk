@@ -10,6 +10,8 @@ rule coregister:
         L.log("coregister", "{subject}", "{session}", "{contrast}_to-{ref}"),
     benchmark:
         L.benchmark("coregister", "{subject}", "{session}", "{contrast}_to-{ref}")
+    group:
+        "subject"
     threads: 1  # multi-threaded ITK registration is not reproducible run to run (DESIGN §9)
     resources:
         mem_mb=2000,
@@ -31,6 +33,8 @@ rule register_to_baseline:
         L.log("register_to_baseline", "{subject}", "{session}"),
     benchmark:
         L.benchmark("register_to_baseline", "{subject}", "{session}")
+    group:
+        "subject"
     threads: 1  # multi-threaded ITK registration is not reproducible run to run (DESIGN §9)
     resources:
         mem_mb=2000,
