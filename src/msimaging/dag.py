@@ -117,7 +117,8 @@ class Plan:
         return [L.subject_endpoints(sub), L.qc_page(sub)]
 
     def all_targets(self) -> list[str]:
-        return [L.ENDPOINTS_CSV, L.ENDPOINTS_JSON, L.QC_TSV]
+        # QC pages are deliverables: a deleted page is rebuilt even when the tables are up to date
+        return [L.ENDPOINTS_CSV, L.ENDPOINTS_JSON, L.QC_TSV, *(L.qc_page(s) for s in self.subjects())]
 
     def raw_images(self, sub: str) -> list[str]:
         return [str(p) for s in self.subject(sub).sessions for p in s.images.values()]

@@ -276,7 +276,7 @@ _STYLE = (
     "table{border-collapse:collapse;font-size:11px;margin:.4em 0}td,th{border:1px solid #bbb;padding:2px 5px}"
     "th{background:#eee}img.figure{max-width:100%;display:block;margin:.3em 0}"
     "img.thumb{height:170px;margin:2px}.thumbs{display:flex;flex-wrap:wrap;gap:4px}"
-    "figure{margin:0}figcaption{font-size:11px}.note{color:#555;font-size:12px}"
+    "figure{margin:0;max-width:330px}figcaption{font-size:11px}.note{color:#555;font-size:12px}"
     "#figure-status{font-size:12px;padding:2px 6px;background:#e8f4e8;display:inline-block}"
     "#figure-status.bad{background:#f8d0d0}"
 )
@@ -334,7 +334,8 @@ def run_report(subject: str, sessions: list[dict[str, Any]], out_html: str, figu
     shown = ["session", "is_baseline", "days_since_baseline", "t2_lesion_count", "t2_lesion_volume_ml",
              "new_t2_vs_baseline", "enlarging_t2_vs_baseline", "new_t2_vs_previous", "gd_lesion_count",
              "cua_lesion_count", "brain_volume_ml", "bpf", "pbvc_vs_baseline", "qc_status", "qc_notes"]
-    parts = ["<h2>Endpoints</h2>", _rows_html(endpoints_rows, [c for c in shown if not endpoints_rows
+    parts = ["<h2>Endpoints</h2><p class='note'>The pipeline's values, before any reader adjudication "
+             "(endpoints.csv has the adjudicated values and says which rows in reader_adjudicated).</p>", _rows_html(endpoints_rows, [c for c in shown if not endpoints_rows
                                                                 or c in endpoints_rows[0]]),
              "<p class='note'>Axial slices in radiological orientation (R = subject's right). Lesion ids are "
              "those of the adjudication file (T2: label of the lesion dseg; Gd+: Gd&lt;k&gt;).</p>"]
