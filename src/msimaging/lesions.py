@@ -111,6 +111,12 @@ def robust_mode_sigma(values: np.ndarray) -> tuple[float, float]:
     return mode, max(float(sigma), 1e-6)
 
 
+def flair_zscore(flair: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """FLAIR in robust z-units of normal-appearing parenchyma (mode and lower half-width)."""
+    mode, sigma = robust_mode_sigma(flair[brain])
+    return ((flair - mode) / sigma).astype(np.float32)
+
+
 def rules_from_config(cfg: dict) -> LesionRules:
     lcfg = cfg.get("lesions", {})
     return LesionRules(min_volume_mm3=float(lcfg.get("min_volume_mm3", 10.0)),
