@@ -55,15 +55,31 @@ def configure_logging(log_path: str | os.PathLike[str] | None, level: int = logg
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
+        if getattr(handler, "_msimaging", False):  # ours: close its file (others belong to their owners)
+            handler.close()
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handler: logging.Handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler._msimaging = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)
+
+
+def failure_text(exc: BaseException) -> str:
+    """One line saying why a step failed: the problems of a validation error joined by ' | ', else
+    the exception's message (its class name when it has none); control characters are escaped."""
+    problems = getattr(exc, "problems", None)
+    if problems:
+        text = " | ".join(str(p) for p in problems)
+    else:
+        text = str(exc).strip() or exc.__class__.__name__
+        if isinstance(exc, (MemoryError, KeyError, IndexError, AttributeError, TypeError, ZeroDivisionError)):
+            text = f"{exc.__class__.__name__}: {text}"
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in " ".join(text.splitlines()))
 
 
 @contextmanager
@@ -83,7 +99,7 @@ def step(smk: Any, name: str) -> Iterator[logging.Logger]:
     try:
         yield logger
     except Exception as exc:
-        logger.error("%s failed: %s", name, exc)
+        logger.error("%s failed: %s", name, failure_text(exc))
         logger.error("details:\n%s", traceback.format_exc())
         raise
     logger.info("done %s in %.1f s", name, time.perf_counter() - t0)

@@ -47,8 +47,21 @@ rule qc_report:
     input:
         PLAN.qc_report_inputs,
     output:
-        page=L.qc_page("{subject}"),
-        figures=directory(L.figures_dir("{subject}")),
+        page=report(
+            L.qc_page("{subject}"),
+            caption="../report/qc_page.rst",
+            category="QC pages",
+            labels={"subject": "{subject}", "figure": "QC page"},
+        ),
+        figures=report(
+            directory(L.figures_dir("{subject}")),
+            patterns=["{name}.png"],
+            caption="../report/qc_figure.rst",
+            category="QC figures",
+            subcategory="sub-{subject}",
+            labels={"subject": "{subject}", "figure": "{name}"},
+        ),
+        inventory=L.counted_lesions("{subject}"),
     params:
         sessions=PLAN.subject_info,
     log:
@@ -79,6 +92,7 @@ rule outcome_dataset:
         csv=L.ENDPOINTS_CSV,
         dictionary=L.ENDPOINTS_JSON,
         qc=L.QC_TSV,
+        adjudication=L.ADJUDICATION_TSV,
     log:
         "logs/outcome_dataset/group.log",
     benchmark:
