@@ -103,8 +103,8 @@ def test_slurm_run_gives_the_local_endpoints(slurm_partition, small_study, tmp_p
     assert _job_field(jobs[0], "Partition") == slurm_partition
 
     # Same endpoints, byte for byte (same inputs, config and threads per step). qc.tsv is not
-    # compared: the template registration's NMI (a QC figure) varies in its 4th decimal between
-    # any two runs with 2 ITK threads, SLURM or not (multi-threaded Mattes MI sums in varying order).
+    # compared: a multi-threaded ITK step's QC figure may differ in its 4th decimal between any two
+    # runs, SLURM or not (seen for the template NMI while brain_mask ran on 2 threads).
     got, want = (cluster / "endpoints.csv").read_bytes(), (local / "endpoints.csv").read_bytes()
     assert got == want, f"SLURM:\n{got.decode()}\nlocal:\n{want.decode()}"
     rows = io.read_table(cluster / "endpoints.csv")

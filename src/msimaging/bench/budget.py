@@ -49,8 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="[budget] runs per case (medians; default 3)")
     parser.add_argument("--budget-cases", nargs="+", default=list(BUDGETS), choices=list(BUDGETS),
                         help="[budget] which cases to run (default: all)")
-    parser.add_argument("--shared-data", type=Path, default=None,
-                        help="[budget] the shared data folder (default: ../shared/data beside the checkout)")
+    try:  # other sections (activity) may define the same option, with the same meaning
+        parser.add_argument("--shared-data", type=Path, default=None,
+                            help="[budget, scale] the shared data folder (default: ../shared/data beside the checkout)")
+    except argparse.ArgumentError:
+        pass
 
 
 def default_shared_data() -> Path:
