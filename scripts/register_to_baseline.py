@@ -5,4 +5,5 @@ from msimaging.runtime import step
 smk = snakemake  # noqa: F821
 with step(smk, "register_to_baseline"):
     run_to_baseline(smk.input.fu, smk.input.fu_brain, smk.input.bl, smk.input.bl_brain, smk.output.xfm,
-                    smk.output.qc, smk.wildcards.subject, smk.wildcards.session, smk.config)
+                    smk.output.qc, smk.wildcards.subject, smk.wildcards.session, smk.config,
+                    out_png=smk.output.png)

@@ -34,6 +34,7 @@ COLUMNS: tuple[str, ...] = (
     "pipeline_version",
     "config_sha256",
     "inputs_sha256",
+    "reader_adjudicated",
 )
 
 #: Columns that hold imaging measurements (merged into the outcome dataset with an mri_ prefix).
@@ -137,6 +138,7 @@ def session_row(
     row["pipeline_version"] = __version__
     row["config_sha256"] = config_hash
     row["inputs_sha256"] = inputs_hash
+    row["reader_adjudicated"] = False  # the outcome step applies reader decisions
 
     status_bl = {c["lesion_id"]: c for c in changes_bl}
     status_prev = {c["lesion_id"]: c for c in changes_prev}

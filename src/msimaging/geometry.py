@@ -99,6 +99,8 @@ def to_sitk(data: np.ndarray, affine: np.ndarray) -> sitk.Image:
     cosines = lps[:3, :3] / zooms
     u, _, vt = np.linalg.svd(cosines)
     cosines = u @ vt
+    # components whose squares underflow make ITK's direction SVD fail (resampling then returns zeros)
+    cosines[np.abs(cosines) < 1e-12] = 0.0
     img = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0)))
     img.SetSpacing([float(z) for z in zooms])
     img.SetOrigin([float(o) for o in lps[:3, 3]])
@@ -261,3 +263,174 @@ def target_registration_error(
     a = transform_points_ras(estimate, points_ras)
     b = transform_points_ras(truth, points_ras)
     return np.linalg.norm(a - b, axis=1)
+
+
+# --- header conventions, grids for multi-resolution work, rigid-transform algebra ----------------
+
+
+def orientation_codes(affine: np.ndarray) -> str:
+    """Anatomical direction each voxel axis points to, nibabel style: ``"RAS"``, ``"LPS"``, ...
+
+    For oblique affines each axis gets the world axis it is closest to.
+    """
+    import nibabel as nib
+
+    return "".join(nib.aff2axcodes(np.asarray(affine, dtype=float)))
+
+
+def obliquity_deg(affine: np.ndarray) -> float:
+    """Largest angle (degrees) between a voxel axis and the world axis closest to it (0 = not oblique)."""
+    a = np.asarray(affine, dtype=float)[:3, :3]
+    cosines = np.abs(a / voxel_sizes(a))
+    return float(np.degrees(np.arccos(np.clip(cosines.max(axis=0), -1.0, 1.0))).max())
+
+
+def grid_corners(shape: tuple[int, ...]) -> np.ndarray:
+    """The 8 corner voxel indices (8, 3) of a 3D grid of ``shape``."""
+    return np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)],
+                    dtype=float)
+
+
+def affine_distance_mm(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> float:
+    """Largest distance (mm) between where two voxel-to-world affines put the corners of a grid.
+
+    Use it to compare a header's qform and sform, or an affine with the one ITK can represent.
+    """
+    corners = grid_corners(shape)
+    return float(np.linalg.norm(voxel_to_world(a, corners) - voxel_to_world(b, corners), axis=1).max())
+
+
+def itk_affine(affine: np.ndarray) -> np.ndarray:
+    """The RAS affine ITK represents for ``affine``: same zooms and origin, orthonormal directions.
+
+    :func:`to_sitk` stores this; for a sheared header it differs from ``affine`` and
+    :func:`affine_distance_mm` of the two says by how much (in mm) voxels move.
+    """
+    lps = LPS_FLIP @ np.asarray(affine, dtype=float)
+    zooms = voxel_sizes(lps)
+    u, _, vt = np.linalg.svd(lps[:3, :3] / zooms)
+    out = lps.copy()
+    out[:3, :3] = (u @ vt) * zooms
+    return LPS_FLIP @ out
+
+
+def grid_of(img: sitk.Image) -> Grid:
+    """The :class:`Grid` (x, y, z shape and RAS affine) of a SimpleITK image."""
+    return Grid(shape=tuple(int(s) for s in img.GetSize()), affine=sitk_affine(img))  # type: ignore[arg-type]
+
+
+def coarse_grid(grid: Grid, spacing_mm: float) -> Grid:
+    """A grid with the same orientation and field of view and voxels of at least ``spacing_mm``.
+
+    Axes already coarser than ``spacing_mm`` (thick slices) keep their voxel size, so a
+    0.7x0.7x3 mm grid at 2 mm becomes about 2x2x3 mm, never 2x2x8.6 mm. Voxel centres are placed
+    so that the new grid covers the same physical box.
+    """
+    zooms = voxel_sizes(grid.affine)
+    extent = zooms * np.asarray(grid.shape)
+    new_shape = np.maximum(1, np.round(extent / np.maximum(zooms, spacing_mm))).astype(int)
+    new_zooms = extent / new_shape
+    cosines = np.asarray(grid.affine, dtype=float)[:3, :3] / zooms
+    affine = np.eye(4)
+    affine[:3, :3] = cosines * new_zooms
+    # the corner of voxel 0 stays at the same place: centre(0) = corner + half a voxel
+    corner = voxel_to_world(grid.affine, -0.5 * np.ones(3))[0]
+    affine[:3, 3] = corner + cosines @ (0.5 * new_zooms)
+    return Grid(shape=tuple(int(s) for s in new_shape), affine=affine)  # type: ignore[arg-type]
+
+
+def bounding_box(mask: np.ndarray, margin_vox: np.ndarray | int = 0) -> tuple[slice, slice, slice]:
+    """Index slices of the bounding box of ``mask`` grown by ``margin_vox`` (per axis), clipped."""
+    idx = np.argwhere(np.asarray(mask))
+    if idx.size == 0:
+        return tuple(slice(0, n) for n in np.shape(mask))  # type: ignore[return-value]
+    margin = np.broadcast_to(np.asarray(margin_vox, dtype=int), (3,))
+    lo = np.maximum(idx.min(axis=0) - margin, 0)
+    hi = np.minimum(idx.max(axis=0) + 1 + margin, np.shape(mask))
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
+
+
+def crop_affine(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """The affine of ``data[box]`` given the affine of ``data``."""
+    out = np.asarray(affine, dtype=float).copy()
+    out[:3, 3] = voxel_to_world(affine, [[s.start or 0 for s in box]])[0]
+    return out
+
+
+def rotation_angle_deg(transform: sitk.Transform) -> float:
+    """Rotation angle (degrees) of the linear part of a (near-)rigid transform."""
+    m = affine_matrix_lps(transform)[:3, :3]
+    u, _, vt = np.linalg.svd(m)
+    rot = u @ vt
+    return float(np.degrees(np.arccos(np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+def displacement_mm(transform: sitk.Transform, points_ras: FloatArray) -> np.ndarray:
+    """How far (mm) ``transform`` moves each RAS point (|T(p) - p|)."""
+    pts = np.atleast_2d(np.asarray(points_ras, dtype=float))
+    return np.linalg.norm(transform_points_ras(transform, pts) - pts, axis=1)
+
+
+def _rotation_log(rot: np.ndarray) -> np.ndarray:
+    """Axis-angle vector (radians) of a 3x3 rotation (angle < 180 degrees)."""
+    angle = float(np.arccos(np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0)))
+    if angle < 1e-12:
+        return np.zeros(3)
+    w = np.array([rot[2, 1] - rot[1, 2], rot[0, 2] - rot[2, 0], rot[1, 0] - rot[0, 1]])
+    return w * (angle / (2.0 * np.sin(angle)))
+
+
+def _rotation_exp(w: np.ndarray) -> np.ndarray:
+    angle = float(np.linalg.norm(w))
+    if angle < 1e-15:
+        return np.eye(3)
+    k = np.asarray(w) / angle
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(angle) * kx + (1.0 - np.cos(angle)) * (kx @ kx)
+
+
+def rigid_power(transform: sitk.Transform, alpha: float) -> sitk.Euler3DTransform:
+    """``T**alpha`` of a rigid transform: the same screw motion, ``alpha`` of the way.
+
+    ``rigid_power(T, 0.5)`` applied twice equals ``T``; ``rigid_power(T, -1)`` is its inverse.
+    The linear part of ``T`` is first projected onto the nearest rotation. Rotation centre:
+    the returned transform has centre 0 (it is a plain matrix + translation).
+    """
+    m = affine_matrix_lps(transform)
+    u, _, vt = np.linalg.svd(m[:3, :3])
+    rot = u @ vt
+    t = m[:3, 3]
+    w = _rotation_log(rot)
+    rot_a = _rotation_exp(alpha * w)
+    # R^a x + t_a, with (sum_{k<n} R^{ka}) t_a = t for alpha = 1/n generalised: the screw axis
+    # decomposition. Solve with the matrix logarithm of the homogeneous matrix instead:
+    # log([[R, t], [0, 1]]) = [[W, V^-1 t], [0, 0]], V = I + (1-cos)/th^2 W + (th - sin)/th^3 W^2.
+    th = float(np.linalg.norm(w))
+    wx = np.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]])
+
+    def v_matrix(theta: float, wx_: np.ndarray) -> np.ndarray:
+        if theta < 1e-9:
+            return np.eye(3) + 0.5 * wx_
+        return (np.eye(3) + (1.0 - np.cos(theta)) / theta ** 2 * wx_
+                + (theta - np.sin(theta)) / theta ** 3 * (wx_ @ wx_))
+
+    u_vec = np.linalg.solve(v_matrix(th, wx), t)
+    t_a = v_matrix(abs(alpha) * th, alpha * wx) @ (alpha * u_vec)
+    out = sitk.Euler3DTransform()
+    out.SetMatrix([float(v) for v in rot_a.ravel()])
+    out.SetTranslation([float(v) for v in t_a])
+    return out
+
+
+def halfway_transforms(transform: sitk.Transform) -> tuple[sitk.Euler3DTransform, sitk.Euler3DTransform]:
+    """The two half transforms of a rigid ``from-session_to-baseline`` transform ``T``.
+
+    ``T`` maps baseline points to follow-up points (ITK resampling convention). Returns
+    ``(to_baseline, to_followup)`` = ``(T**-1/2, T**1/2)``: the transforms that put the baseline
+    and the follow-up image onto a halfway grid (use the baseline reference grid), so that
+    ``to_followup o to_baseline**-1 == T`` and both visits are interpolated alike::
+
+        bl_half = resample(baseline, halfway_grid, to_baseline)
+        fu_half = resample(followup, halfway_grid, to_followup)
+    """
+    return rigid_power(transform, -0.5), rigid_power(transform, 0.5)

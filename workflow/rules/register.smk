@@ -5,11 +5,14 @@ rule coregister:
         xfm=L.contrast_xfm("{subject}", "{session}", "{contrast}", "{ref}"),
         image=L.preproc_image("{subject}", "{session}", "{contrast}", "{ref}"),
         qc=L.contrast_qc("{subject}", "{session}", "{contrast}", "{ref}"),
+        png=L.registration_figure("{subject}", "{session}", "{contrast}_to-{ref}"),
     log:
         L.log("coregister", "{subject}", "{session}", "{contrast}_to-{ref}"),
     benchmark:
         L.benchmark("coregister", "{subject}", "{session}", "{contrast}_to-{ref}")
-    threads: 2
+    group:
+        "subject"
+    threads: 1  # multi-threaded ITK registration is not reproducible run to run (DESIGN §9)
     resources:
         mem_mb=2000,
         runtime=10,
@@ -25,11 +28,14 @@ rule register_to_baseline:
     output:
         xfm=L.baseline_xfm("{subject}", "{session}"),
         qc=L.step_json("{subject}", "{session}", "register_to_baseline"),
+        png=L.registration_figure("{subject}", "{session}", "to-baseline"),
     log:
         L.log("register_to_baseline", "{subject}", "{session}"),
     benchmark:
         L.benchmark("register_to_baseline", "{subject}", "{session}")
-    threads: 2
+    group:
+        "subject"
+    threads: 1  # multi-threaded ITK registration is not reproducible run to run (DESIGN §9)
     resources:
         mem_mb=2000,
         runtime=10,

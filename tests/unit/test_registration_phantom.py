@@ -1,0 +1,18 @@
+"""Brain mask and registration accuracy on a raw phantom study against its truth (issue #3 targets).
+
+Skull and neck, oblique LPS headers, 2x2x3 mm voxels (the benchmark runs 0.7x0.7x3 mm),
+uint16, bias field, head poses of up to 10 degrees and 15 mm per acquisition.
+"""
+
+import pytest
+
+from msimaging.bench.registration import phantom_figures
+
+
+@pytest.mark.slow
+def test_brain_mask_dice_and_registration_tre_meet_the_targets(tmp_path):
+    fig = phantom_figures(tmp_path, (2.0, 2.0, 3.0), seeds=1, contrasts=("FLAIR", "T1w"))
+    assert fig["n_sessions"] == 2 and fig["n_coregistrations"] == 2 and fig["n_to_baseline"] == 1
+    assert fig["brain_mask_dice_min"] >= 0.95, fig
+    assert fig["coregister_tre_worst_median_mm"] <= 0.5, fig
+    assert fig["to_baseline_tre_worst_median_mm"] <= 0.5, fig
