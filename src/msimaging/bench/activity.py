@@ -64,10 +64,10 @@ def prepare_flair(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray) -> n
 
 
 def segment_visit(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, rules: LesionRules) -> np.ndarray:
-    """Lesion labels from main's cross-sectional segmentation (probability >= 0.5)."""
-    from msimaging.lesions import segment_lesions
+    """Lesion labels from main's cross-sectional segmentation (FLAIR only, flat tissue priors)."""
+    from msimaging.segment import flat_priors, segment_lesions
 
-    return label_lesions(segment_lesions(flair, affine, brain) >= 0.5, affine, rules)
+    return segment_lesions({"FLAIR": flair}, affine, brain, flat_priors(flair.shape), rules=rules).labels
 
 
 def make_visit(flair_raw: np.ndarray, affine: np.ndarray, brain: np.ndarray, rules: LesionRules):
