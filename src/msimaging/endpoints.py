@@ -158,6 +158,24 @@ def session_row(
             "enhancing": bool(gd_mask[labels == s.lesion_id].any()) if gd_mask is not None else None,
             "mean_flair_z": None,
         })
+    # new lesions found by the joint subtraction alone (not in the dseg) carry their voxels
+    from msimaging.geometry import voxel_to_world, voxel_volume_mm3
+
+    for c in changes_bl:
+        if c.get("segmented", True) or not c.get("voxels"):
+            continue
+        ijk = np.column_stack(np.unravel_index(np.asarray(c["voxels"], dtype=np.int64), labels.shape))
+        centre = voxel_to_world(affine, ijk.mean(axis=0, keepdims=True))[0]
+        lesion_rows.append({
+            "lesion_id": c["lesion_id"], "type": "T2-subtraction",
+            "volume_mm3": float(len(c["voxels"]) * voxel_volume_mm3(affine)),
+            "centroid_x_ras_mm": float(centre[0]), "centroid_y_ras_mm": float(centre[1]),
+            "centroid_z_ras_mm": float(centre[2]), "matched_baseline_lesions": "",
+            "status": c["status"], "status_vs_previous": None,
+            "enhancing": bool(gd_mask.ravel()[np.asarray(c["voxels"], dtype=np.int64)].any())
+            if gd_mask is not None else None,
+            "mean_flair_z": None,
+        })
     return row, lesion_rows
 
 

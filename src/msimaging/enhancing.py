@@ -46,6 +46,7 @@ class EnhancingRules:
     csf_margin_mm: float = 2.0      # choroid plexus / sulcal vessels: components mostly this close to CSF
     max_csf_fraction: float = 0.5
     max_elongation: float = 4.0     # vessels: ratio of principal-axis lengths
+    flair_grow_z: float = 0.0       # with a FLAIR: voxels at or below this FLAIR z never join a Gd+ lesion
     flair_z: float = 1.5            # with a FLAIR: its upper-quartile z-score in a Gd+ lesion must exceed this
     min_volume_mm3: float = 10.0
 
@@ -99,8 +100,14 @@ def detect_enhancing(
         raise ValueError("almost no parenchyma on the T1w: check the brain mask and the co-registration")
     inner = ndi.binary_erosion(brain, ball(rules.edge_mm, affine)) if rules.edge_mm > 0 else brain
     z = enhancement_zscore(ce, t1, tissue)
+    fz = None if flair is None else flair_zscore(np.asarray(flair, dtype=np.float32), brain)
     seeds = inner & tissue & (z > rules.z_threshold)
     grow = inner & tissue & (z > rules.low_z)
+    if fz is not None:
+        # enhancement in FLAIR-dark voxels (CSF partial volume, vessels) neither seeds nor joins
+        # a lesion: this keeps lesions from merging with vessel / choroid clusters
+        seeds &= fz > rules.flair_grow_z
+        grow &= fz > rules.flair_grow_z
     region, n = ndi.label(grow | seeds, structure=CONNECTIVITY)
     if n == 0:
         return np.zeros(region.shape, dtype=np.int32)
@@ -115,7 +122,6 @@ def detect_enhancing(
     near_csf = ndi.binary_dilation(csf, ball(rules.csf_margin_mm, affine)) if rules.csf_margin_mm > 0 else csf
     t2 = None if t2_lesions is None else ndi.binary_dilation(np.asarray(t2_lesions, bool), CONNECTIVITY)
     zooms = voxel_sizes(affine)
-    fz = None if flair is None else flair_zscore(np.asarray(flair, dtype=np.float32), brain)
     out = np.zeros(labels.shape, dtype=bool)
     for lid, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:

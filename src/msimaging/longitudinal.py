@@ -13,7 +13,8 @@ transforms), so the decision never rests on two independent segmentations alone:
    linear interpolation gave R, so lesion volumes compare at the same sharpness.
 2. **Subtraction.** ``dz = (zF - max_N zR) / s``: F minus the *largest* R value within
    ``jitter_mm`` (registration jitter and partial-volume shifts cannot make a voxel look new), in
-   units ``s`` of the subtraction noise. New-lesion candidates are voxels with ``dz`` above
+   units ``s`` of the subtraction noise (local, over ``local_noise_mm``, never below the global
+   robust value: misregistered CSF borders and thick-slice partial volume are noisier). New-lesion candidates are voxels with ``dz`` above
    ``subtraction_z`` that are hyperintense on F (``zF`` above ``hyperintensity_z``), grown by
    hysteresis; candidates outside the follow-up's segmented lesions become lesions of their own.
 3. **Lesion-level decision.** For every lesion of F (segmented, or candidate) both visits'
@@ -73,13 +74,14 @@ class ChangeRules:
     edge_mm: float = 3.0
     subtraction_z: float = 4.0
     subtraction_low_z: float = 2.5
-    hyperintensity_z: float = 2.0
+    hyperintensity_z: float = 1.0
     fraction_floor_z: float = 1.0
     new_reference_fraction: float = 0.35
     growth_evidence_mm3: float = 10.0
     growth_evidence_fraction: float = 0.5
     intensity_matching: str = "quantile"
     match_interpolation_blur: bool = True
+    local_noise_mm: float = 6.0
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ChangeRules":
@@ -231,6 +233,23 @@ def robust_sigma(values: np.ndarray) -> float:
     return max(float(1.4826 * np.median(np.abs(v - np.median(v)))), 1e-6)
 
 
+def local_noise(diff: np.ndarray, weight: np.ndarray, affine: np.ndarray, sigma_mm: float,
+                global_sigma: float) -> np.ndarray:
+    """Spatially varying subtraction noise: Gaussian-weighted mean |diff| x 1.2533 (= sigma for
+    Gaussian noise) over ``weight`` voxels, never below the global robust sigma.
+
+    Misregistration at CSF borders and thick-slice partial volume raise the noise locally; a
+    local scale keeps them from producing changes there while deep white matter keeps its
+    sensitivity.
+    """
+    sig = [sigma_mm / z for z in voxel_sizes(affine)]
+    w = weight.astype(np.float32)
+    num = ndi.gaussian_filter(np.abs(diff) * w, sig, mode="nearest")
+    den = ndi.gaussian_filter(w, sig, mode="nearest")
+    local = np.where(den > 1e-3, 1.2533 * num / np.maximum(den, 1e-3), global_sigma)
+    return np.maximum(local, global_sigma).astype(np.float32)
+
+
 def pair_maps(fu: Visit, ref: Visit, fu_to_ref: sitk.Transform, rules: ChangeRules = ChangeRules()) -> PairMaps:
     """Resample R onto F's grid, match intensities, and compute the subtraction maps."""
     from msimaging.preprocess import ball
@@ -275,9 +294,13 @@ def pair_maps(fu: Visit, ref: Visit, fu_to_ref: sitk.Transform, rules: ChangeRul
     # 3. subtraction in noise units; the jitter-robust one against R's local maximum
     d_raw = zf - zr
     sigma_d = robust_sigma(d_raw[mask & (fu.labels == 0)])
+    noise: np.ndarray | float = sigma_d
+    if rules.local_noise_mm > 0:
+        noise = local_noise(d_raw, mask & (fu.labels == 0) & (ref_labels == 0), fu.affine, rules.local_noise_mm,
+                            sigma_d)
     zr_max = ndi.maximum_filter(zr, footprint=_footprint(rules.jitter_mm, fu.affine), mode="nearest")
-    dz = np.where(mask, (zf - zr_max) / sigma_d, 0.0).astype(np.float32)
-    d = np.where(mask, d_raw / sigma_d, 0.0).astype(np.float32)
+    dz = np.where(mask, (zf - zr_max) / noise, 0.0).astype(np.float32)
+    d = np.where(mask, d_raw / noise, 0.0).astype(np.float32)
     inner = ndi.binary_erosion(mask, ball(rules.edge_mm, fu.affine)) if rules.edge_mm > 0 else mask
     log.info("pair: %d voxels analysed, subtraction noise %.3f z", int(mask.sum()), sigma_d)
     return PairMaps(zf=zf, zr=zr, dz=dz, d=d, mask=mask, inner=inner, ref_labels=ref_labels.astype(np.int32),

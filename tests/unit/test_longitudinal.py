@@ -64,9 +64,10 @@ def _phantom(lesions: list[tuple[tuple[float, float, float], float]], affine: np
     field = 1.0 + bias * (pts[..., 0] / 40.0)
     flair = gain * flair * field + rng.normal(0, 0.02, shape)
     brain = brain_frac > 0.5
-    from msimaging.lesions import segment_lesions
+    from msimaging.lesions import flair_zscore
 
-    labels = label_lesions(segment_lesions(flair, affine, brain) >= 0.5, affine, LesionRules())
+    # a plain cross-sectional segmentation: FLAIR z-score above 4 inside the brain
+    labels = label_lesions((flair_zscore(flair, brain) > 4.0) & brain, affine, LesionRules())
     return Visit(flair=flair.astype(np.float32), affine=affine, brain=brain, labels=labels)
 
 

@@ -64,10 +64,10 @@ def prepare_flair(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray) -> n
 
 
 def segment_visit(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, rules: LesionRules) -> np.ndarray:
-    """Lesion labels from main's cross-sectional segmentation (probability >= 0.5)."""
-    from msimaging.lesions import segment_lesions
+    """Lesion labels from main's cross-sectional segmentation (FLAIR only, flat tissue priors)."""
+    from msimaging.segment import flat_priors, segment_lesions
 
-    return label_lesions(segment_lesions(flair, affine, brain) >= 0.5, affine, rules)
+    return segment_lesions({"FLAIR": flair}, affine, brain, flat_priors(flair.shape), rules=rules).labels
 
 
 def make_visit(flair_raw: np.ndarray, affine: np.ndarray, brain: np.ndarray, rules: LesionRules):
@@ -135,10 +135,13 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _phantom_study(work: Path, seed: int, resolution: float, rescan: bool):
     from msimaging.phantom import PhantomOptions, make_study
 
+    masks = DEFAULT_SHARED / "ms-lesion-masks"       # real lesion shapes when present
     options = PhantomOptions(subjects=1, sessions=2 if rescan else 3, resolution_mm=resolution, seed=seed,
                              orientation="oblique", new_per_followup=3, enlarging_per_followup=2,
-                             enhancing_per_session=2, rescan_of="M00" if rescan else None)
-    out = work / f"{'rescan' if rescan else 'study'}-seed{seed}-{resolution:g}mm"
+                             enhancing_per_session=2, rescan_of="M00" if rescan else None,
+                             lesion_masks_dir=masks if masks.is_dir() else None)
+    shapes = "real" if masks.is_dir() else "ellipsoid"
+    out = work / f"{'rescan' if rescan else 'study'}-seed{seed}-{resolution:g}mm-{shapes}"
     return make_study(out, options)
 
 
@@ -250,7 +253,7 @@ def _common_to_session(xfm: sitk.Transform) -> sitk.Transform:
     return affine_transform_from_matrix(np.linalg.inv(affine_matrix_lps(xfm)))
 
 
-def p12_visits(root: Path, rules: LesionRules):
+def p12_visits(root: Path, rules: LesionRules, sessions: tuple[str, ...] = ("01", "02")):
     """Both visits of sub-p12 (brain from the reference mask) and their transforms to the common grid."""
     from msimaging import io
     from msimaging.geometry import read_transform
@@ -258,7 +261,7 @@ def p12_visits(root: Path, rules: LesionRules):
     ref = root / "derivatives" / "reference" / "sub-p12"
     common_brain, common_aff = io.read_mask(str(ref / "sub-p12_space-common_desc-brain_mask.nii.gz"))
     visits, xfms = {}, {}
-    for ses in ("01", "02"):
+    for ses in sessions:
         flair, aff = _read(root / "sub-p12" / f"ses-{ses}" / "anat" / f"sub-p12_ses-{ses}_FLAIR.nii.gz")
         xfm = read_transform(ref / f"sub-p12_ses-{ses}_from-FLAIR_to-common_mode-image_xfm.txt")
         brain = resample_array(common_brain.astype(np.float32), common_aff, Grid(flair.shape, aff),
