@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CORES ?= 2
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,19 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --snakefile workflow/Snakefile
 
-## test: lint, then every test (unit, io, workflow end-to-end on phantoms)
-test: $(STAMP) lint
+## browser: headless Chromium for the QC-page browser test (Debian package; installed when missing)
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	else \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "installing chromium (apt-get) for the QC page browser test"; \
+		$$SUDO apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| ($$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium >/dev/null 2>&1) \
+		|| echo "could not install chromium: the browser test will be skipped (it fails in CI)"; \
+	fi
+
+## test: lint, then every test (unit, io, workflow end-to-end on phantoms, QC page in a browser)
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q
 
 ## test-fast: unit and io tests only

@@ -3,7 +3,15 @@ from msimaging.longitudinal import run_compare
 from msimaging.runtime import step
 
 smk = snakemake  # noqa: F821
+
+
+def visit(key):
+    files = {"flair": smk.input[key], "brain": smk.input[f"{key}_brain"], "dseg": smk.input[f"{key}_dseg"]}
+    if f"{key}_xfm" in smk.input.keys():
+        files["xfm"] = smk.input[f"{key}_xfm"]
+    return files
+
+
 with step(smk, "compare_visits"):
-    run_compare(smk.input.fu_dseg, smk.input.fu_xfm, smk.input.bl_dseg, smk.input.prev_dseg,
-                smk.input.get("prev_xfm"), smk.output.new, smk.output.enlarging, smk.output.qc,
+    run_compare(visit("fu"), visit("bl"), visit("prev"), smk.output.new, smk.output.enlarging, smk.output.qc,
                 smk.wildcards.subject, smk.wildcards.session, smk.config)

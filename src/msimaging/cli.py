@@ -41,9 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("bids_dir", type=Path)
     run.add_argument("output_dir", type=Path)
     run.add_argument("--participant-label", nargs="+", default=[], metavar="S")
-    run.add_argument("--cores", type=int, default=max(1, os.cpu_count() or 1))
-    run.add_argument("--profile", default=None, help="'default', 'slurm' or a profile directory")
-    run.add_argument("--outcome-dataset", type=Path, default=None, metavar="CSV")
+    run.add_argument("--cores", type=int, default=None,
+                     help="CPU cores to use (default: the profile's 'cores', else all of this machine's); "
+                          "with --profile slurm: the CPUs of each SLURM job (one subject per job)")
+    run.add_argument("--profile", default=None, help="'default' (local, the default), 'slurm' or a profile directory")
+    run.add_argument("--outcome-dataset", type=Path, default=None, metavar="CSV",
+                     help="the trial's outcome CSV: mri_ columns merged in after the run (backup + audit trail)")
+    run.add_argument("--adjudication", type=Path, default=None, metavar="TSV",
+                     help="a central reader's lesion decisions (reject/confirm/add), applied to the endpoints")
     run.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides")
     run.add_argument("--dry-run", action="store_true")
     run.epilog = "Arguments after '--' are passed to snakemake unchanged."
@@ -66,7 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     ph.add_argument("--lesion-masks", type=Path, default=None,
                     help="folder of real MNI lesion masks (default: ../shared/data/ms-lesion-masks when present)")
 
-    ev = sub.add_parser("evaluate", help="compare a lesion mask with a reference mask")
+    ev = sub.add_parser("evaluate", help="compare a lesion mask with a reference mask",
+                        description="Voxel Dice, lesion-wise precision/recall/F1 (a lesion is detected when "
+                                    "it overlaps the other mask), lesion counts and volumes (mL). The "
+                                    "prediction is resampled onto the reference grid when they differ.")
     ev.add_argument("pred_mask", type=Path)
     ev.add_argument("truth_mask", type=Path)
     ev.add_argument("--min-volume-mm3", type=float, default=10.0)
@@ -76,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     va = sub.add_parser("validate", help="check a BIDS dataset's inputs")
     va.add_argument("bids_dir", type=Path)
     va.add_argument("--participant-label", nargs="+", default=[], metavar="S")
+    va.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="e.g. validation.min_fov_mm=60 baseline_session=M00 (see config/README.md)")
 
     im = sub.add_parser("import-dicom", help="convert one visit's DICOM series into BIDS (no identifying data)")
     im.add_argument("dicom_dir", type=Path)
@@ -120,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _effective_config(bids_dir: Path, labels: list[str], overrides: list[str],
-                      outcome: Path | None) -> dict[str, Any]:
+                      outcome: Path | None, adjudication: Path | None = None) -> dict[str, Any]:
     from msimaging.config import ConfigError, deep_merge, load_config, parse_override
 
     update: dict[str, Any] = {"bids_dir": str(bids_dir.resolve()),
@@ -130,16 +140,18 @@ def _effective_config(bids_dir: Path, labels: list[str], overrides: list[str],
             update = deep_merge(update, parse_override(text))
         if outcome is not None:
             update = deep_merge(update, {"outcome": {"dataset": str(outcome.resolve())}})
+        if adjudication is not None:
+            update = deep_merge(update, {"outcome": {"adjudication": str(adjudication.resolve())}})
         return load_config(update)
     except ConfigError as exc:
         raise UsageError(*str(exc).splitlines()) from exc
 
 
-def _profile_dir(profile: str | None) -> Path | None:
+def _profile_dir(profile: str | None) -> Path:
     from msimaging.resources import PROFILES_DIR
 
     if profile is None:
-        return None
+        return PROFILES_DIR / "default"
     candidate = PROFILES_DIR / profile
     if candidate.is_dir():
         return candidate
@@ -149,16 +161,37 @@ def _profile_dir(profile: str | None) -> Path | None:
                      f"{sorted(p.name for p in PROFILES_DIR.iterdir() if p.is_dir())} or give a directory)")
 
 
-def snakemake_command(output_dir: Path, config_file: Path, cores: int, profile: Path | None,
+def _profile_sets(profile: Path | None, key: str) -> bool:
+    """Whether the profile's config.yaml sets ``key`` (e.g. ``cores``)."""
+    if profile is None or not (profile / "config.yaml").is_file():
+        return False
+    data = yaml.safe_load((profile / "config.yaml").read_text(encoding="utf-8")) or {}
+    return isinstance(data, dict) and key in data
+
+
+def snakemake_command(output_dir: Path, config_file: Path, cores: int | None, profile: Path | None,
                       dry_run: bool, extra: list[str]) -> list[str]:
+    """The Snakemake command line of ``msimaging run``.
+
+    Exactly one profile is used, passed by path (``profiles/default`` unless another is chosen),
+    and Snakemake's implicit workflow profile is switched off: a run behaves the same from any
+    working directory, and the default profile never overrides keys of the chosen one. ``--cores``
+    is passed when given, else left to the profile when it sets ``cores`` (the SLURM profile sizes
+    its jobs that way), else all of this machine's cores.
+    """
     from msimaging.resources import SNAKEFILE
 
     exe = Path(sys.executable).with_name("snakemake")
     cmd = [str(exe) if exe.exists() else "snakemake", "--snakefile", str(SNAKEFILE),
-           "--directory", str(output_dir), "--configfile", str(config_file),
-           "--cores", str(cores), "--keep-going", "--rerun-incomplete"]
+           "--directory", str(output_dir), "--configfile", str(config_file)]
+    if cores is None and not _profile_sets(profile, "cores"):
+        cores = max(1, os.cpu_count() or 1)
+    if cores is not None:
+        cmd += ["--cores", str(cores)]
+    cmd += ["--keep-going", "--rerun-incomplete"]
     if profile is not None:
         cmd += ["--profile", str(profile)]
+    cmd += ["--workflow-profile", "none"]
     if dry_run:
         cmd += ["--dry-run"]
     return cmd + list(extra)
@@ -186,7 +219,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.bids_dir}: BIDS directory not found")
     if args.outcome_dataset is not None and not args.outcome_dataset.is_file():
         raise UsageError(f"--outcome-dataset {args.outcome_dataset}: file not found")
-    config = _effective_config(args.bids_dir, args.participant_label, args.overrides, args.outcome_dataset)
+    config = _effective_config(args.bids_dir, args.participant_label, args.overrides, args.outcome_dataset,
+                               getattr(args, "adjudication", None))
+    _check_outcome_inputs(config)
     study = discover(args.bids_dir, config["participant_label"] or None)
     if not study.subjects:
         raise UsageError(*(study.problems or [f"{args.bids_dir}: no subjects to process"]))
@@ -194,28 +229,93 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"msimaging: warning: {line}", file=sys.stderr)
     out = args.output_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    config_file = write_run_config(out, config)
-    cmd = snakemake_command(out, config_file, args.cores, _profile_dir(args.profile), args.dry_run,
+    profile = _profile_dir(args.profile)
+    cmd = snakemake_command(out, out / "msimaging_config.yaml", args.cores, profile, args.dry_run,
                             list(args.snakemake_args))
-    print("msimaging: running " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
-    rc = subprocess.call(cmd)
     if args.dry_run:
-        return EXIT_OK if rc == 0 else EXIT_FAILED
-    return finish_run(out, study, config, rc)
+        write_run_config(out, config)
+        print("msimaging: running " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
+        return EXIT_OK if subprocess.call(cmd) == 0 else EXIT_FAILED
+    from msimaging.recovery import (RunLocked, clear_partial_outputs, run_lock, stale_snakemake_locks,
+                                    stale_temporary_files)
+
+    try:
+        with run_lock(out) as lock_fd:
+            config_file = write_run_config(out, config)
+            if stale_snakemake_locks(out):  # left by a run that was killed: no live run holds OUTPUT_DIR
+                print(f"msimaging: resuming in {out}: removing the lock a stopped run left behind", file=sys.stderr)
+                unlock = snakemake_command(out, config_file, 1, profile, False, []) + ["--unlock", "--quiet"]
+                subprocess.call(unlock, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for tmp in stale_temporary_files(out):  # half-written files of a killed run: never outputs
+                tmp.unlink()
+            clear_partial_outputs(out)
+            print("msimaging: running " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
+            # snakemake inherits the lock, so it stays held while any part of this run is alive
+            rc = subprocess.call(cmd, pass_fds=(lock_fd,))
+            rc = finish_run(out, study, config, rc)
+    except RunLocked as exc:
+        raise UsageError(str(exc)) from exc
+    if rc == EXIT_OK and config["outcome"]["dataset"]:
+        return merge_outcome(out, config)
+    if config["outcome"]["dataset"]:
+        print(f"msimaging: outcome dataset {config['outcome']['dataset']} not updated (the run did not complete)",
+              file=sys.stderr)
+    return rc
+
+
+def _check_outcome_inputs(config: dict[str, Any]) -> None:
+    """Before hours of computing: the outcome dataset has its key columns, the reader's file parses."""
+    from msimaging.adjudication import AdjudicationError, read_decisions
+    from msimaging.merge import MergeError, MergeOptions, parse_csv, plan_merge
+
+    o = config["outcome"]
+    if o.get("adjudication"):
+        try:
+            read_decisions(o["adjudication"])
+        except AdjudicationError as exc:
+            raise UsageError(*exc.problems) from exc
+    if o.get("dataset"):
+        path = Path(o["dataset"])
+        if not path.is_file():
+            raise UsageError(f"--outcome-dataset {path}: file not found")
+        try:
+            plan_merge(parse_csv(path.read_bytes()), [], MergeOptions.from_config(config))
+        except MergeError as exc:
+            raise UsageError(f"--outcome-dataset {path}: {exc}") from exc
+
+
+def merge_outcome(out: Path, config: dict[str, Any]) -> int:
+    """Merge endpoints.csv into the trial's outcome dataset and say what changed."""
+    from msimaging import io
+    from msimaging import layout as L
+    from msimaging.merge import MergeError, run_merge
+
+    try:
+        result = run_merge(out / L.ENDPOINTS_CSV, config["outcome"]["dataset"], config, out / L.ADJUDICATION_TSV)
+    except MergeError as exc:
+        raise UsageError(f"--outcome-dataset {config['outcome']['dataset']}: {exc} (nothing written)") from exc
+    io.write_json(out / L.OUTCOME_MERGE_JSON, result.to_dict())
+    for line in result.summary():
+        print(f"msimaging: {line}")
+    return EXIT_OK
 
 
 def finish_run(out: Path, study: Any, config: dict[str, Any], rc: int) -> int:
     """After Snakemake: fill fail rows for subjects that did not finish, print the summary."""
     from msimaging import layout as L
-    from msimaging.outcome import failed_subjects, write_partial_outputs
+    from msimaging.recovery import failed_subjects, write_partial_outputs
 
     failed = failed_subjects(out, list(study.subjects))
     if rc != 0 or failed:
         write_partial_outputs(out, study, failed)
-        print("msimaging: the run did not complete for every subject:", file=sys.stderr)
+        print(f"msimaging: {len(failed)} of {len(study.subjects)} subject(s) failed (their rows in endpoints.csv "
+              "have qc_status=fail):", file=sys.stderr)
         for sub, (reason, log_path) in failed.items():
             print(f"  sub-{sub}: {reason} (log: {log_path})", file=sys.stderr)
-        print(f"msimaging: endpoints of the others: {out / L.ENDPOINTS_CSV}", file=sys.stderr)
+        if not failed:
+            print("  snakemake failed before or after the subjects' steps; see its messages above", file=sys.stderr)
+        print(f"msimaging: endpoints: {out / L.ENDPOINTS_CSV}; fix the inputs named above and run the same "
+              "command again (finished steps are not recomputed)", file=sys.stderr)
         return EXIT_FAILED
     print(f"msimaging: endpoints: {out / L.ENDPOINTS_CSV}")
     for sub in study.subjects:
@@ -291,31 +391,40 @@ def _format_table(rows: list[dict[str, str]], columns: Sequence[str] | None = No
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from msimaging.evaluate import evaluate_files
+    from msimaging.evaluate import evaluate_files, format_agreement
     from msimaging.io import ImageError
     from msimaging.lesions import LesionRules
 
     for p in (args.pred_mask, args.truth_mask):
         if not p.is_file():
             raise UsageError(f"{p}: file not found")
+    if args.min_volume_mm3 < 0 or args.min_voxels < 1:
+        raise UsageError("--min-volume-mm3 must be >= 0 and --min-voxels >= 1")
     try:
         result = evaluate_files(str(args.pred_mask), str(args.truth_mask),
                                 LesionRules(args.min_volume_mm3, args.min_voxels))
-    except ImageError as exc:
+    except (ImageError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
-    d = result.to_dict()
     if args.json:
-        print(json.dumps(d, indent=2, sort_keys=True))
+        print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
     else:
-        for k, v in d.items():
-            print(f"{k:>20}  {v:.4f}" if isinstance(v, float) else f"{k:>20}  {v}")
+        print(format_agreement(result))
     return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from msimaging.validate import validate_study
+    """Check every input; one line per problem (files relative to BIDS_DIR); exit 2 on any error."""
+    from msimaging.validate import InputRules, validate_study
 
-    study, results = validate_study(args.bids_dir, args.participant_label or None)
+    if not args.bids_dir.is_dir():
+        raise UsageError(f"{args.bids_dir}: BIDS directory not found")
+    config = _effective_config(args.bids_dir, args.participant_label, args.overrides, None)
+    baseline = (config.get("baseline_session") or "").removeprefix("ses-") or None
+    try:
+        study, results = validate_study(args.bids_dir, config["participant_label"] or None, baseline,
+                                        InputRules.from_config(config))
+    except OSError as exc:
+        raise UsageError(f"{args.bids_dir}: cannot be read ({exc.strerror or exc}); check permissions") from exc
     errors = list(study.problems)
     n_files = 0
     for r in results:
@@ -326,7 +435,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     if errors or not study.subjects:
-        print(f"msimaging validate: {len(errors)} problem(s) in {args.bids_dir}", file=sys.stderr)
+        print(f"msimaging validate: {len(errors)} problem(s) in {args.bids_dir} (file names are relative to it); "
+              "fix them and run validate again", file=sys.stderr)
         return EXIT_USAGE
     print(f"msimaging validate: {len(study.subjects)} subject(s), {n_files} image(s): OK")
     return EXIT_OK

@@ -16,15 +16,17 @@ from msimaging.bids import Session, Study, Subject, discover
 
 
 class Plan:
-    def __init__(self, study: Study):
+    def __init__(self, study: Study, adjudication: str | None = None):
         self.study = study
+        self.adjudication = adjudication  # the reader's adjudication TSV (config outcome.adjudication)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Plan":
         bids_dir = config.get("bids_dir") or ""
         labels = list(config.get("participant_label") or []) or None
         baseline = (config.get("baseline_session") or "").removeprefix("ses-") or None
-        return cls(discover(bids_dir, labels, baseline) if bids_dir else Study(bids_dir=Path(".")))
+        adjudication = str((config.get("outcome") or {}).get("adjudication") or "") or None
+        return cls(discover(bids_dir, labels, baseline) if bids_dir else Study(bids_dir=Path(".")), adjudication)
 
     # --- lookups -------------------------------------------------------------------------------
     def subjects(self) -> list[str]:
@@ -65,7 +67,13 @@ class Plan:
         return f"{' and '.join(missing)} missing" if missing else None
 
     def usable(self, sub: str) -> bool:
-        return all(s.reference is not None for s in self.subject(sub).sessions)
+        """Whether the subject's steps can be planned (sessions, each with a FLAIR or T2w).
+
+        An unusable subject gets only its validate_inputs job, which fails and names the
+        problem; planning its other steps would stop the DAG for every subject.
+        """
+        sessions = self.subject(sub).sessions
+        return bool(sessions) and all(s.reference is not None for s in sessions)
 
     def days_since_baseline(self, sub: str, ses: str) -> int | None:
         bl = self.subject(sub).baseline.acq_time
@@ -92,10 +100,15 @@ class Plan:
                                     "ref_image": self.preproc(sub, ses),
                                     "brain": L.brain_mask(sub, ses), "lesions": L.lesion_mask(sub, ses),
                                     "dseg": L.lesion_dseg(sub, ses), "lesion_table": L.lesion_table(sub, ses)}
+            ref = self.ref(sub, ses)
+            info["coregistered"] = {c: self.preproc(sub, ses, c) for c in self.session(sub, ses).contrasts
+                                    if c != ref}
             if self.has_gd(sub, ses):
-                info.update(ce_image=self.preproc(sub, ses, "ceT1w"), enhancing=L.enhancing_mask(sub, ses))
+                info.update(ce_image=self.preproc(sub, ses, "ceT1w"), enhancing=L.enhancing_mask(sub, ses),
+                            t1_image=self.preproc(sub, ses, "T1w"))
             if not self.is_baseline(sub, ses):
-                info.update(new=L.new_mask(sub, ses), enlarging=L.enlarging_mask(sub, ses))
+                info.update(new=L.new_mask(sub, ses), enlarging=L.enlarging_mask(sub, ses),
+                            to_baseline_xfm=L.baseline_xfm(sub, ses))
             out.append(info)
         return out
 
@@ -104,7 +117,8 @@ class Plan:
         return [L.subject_endpoints(sub), L.qc_page(sub)]
 
     def all_targets(self) -> list[str]:
-        return [L.ENDPOINTS_CSV, L.ENDPOINTS_JSON, L.QC_TSV]
+        # QC pages are deliverables: a deleted page is rebuilt even when the tables are up to date
+        return [L.ENDPOINTS_CSV, L.ENDPOINTS_JSON, L.QC_TSV, *(L.qc_page(s) for s in self.subjects())]
 
     def raw_images(self, sub: str) -> list[str]:
         return [str(p) for s in self.subject(sub).sessions for p in s.images.values()]
@@ -148,18 +162,24 @@ class Plan:
 
     def enhancing_inputs(self, wc: Any) -> dict[str, str]:
         sub, ses = wc.subject, wc.session
-        return {"ce": self.preproc(sub, ses, "ceT1w"), "t1": self.preproc(sub, ses, "T1w"),
-                "brain": L.brain_mask(sub, ses), "lesions": L.lesion_mask(sub, ses)}
+        inputs = {"ce": self.preproc(sub, ses, "ceT1w"), "t1": self.preproc(sub, ses, "T1w"),
+                  "brain": L.brain_mask(sub, ses), "lesions": L.lesion_mask(sub, ses)}
+        if self.ref(sub, ses) == "FLAIR":
+            inputs["flair"] = self.preproc(sub, ses)
+        return inputs
 
     def compare_inputs(self, wc: Any) -> dict[str, str]:
+        """A follow-up, the baseline and the previous visit: FLAIR, brain, lesions, transforms."""
         sub, ses = wc.subject, wc.session
         bl = self.baseline(sub)
         prev = self.previous(sub, ses) or bl
-        inputs = {"fu_dseg": L.lesion_dseg(sub, ses), "fu_xfm": L.baseline_xfm(sub, ses),
-                  "bl_dseg": L.lesion_dseg(sub, bl), "prev_dseg": L.lesion_dseg(sub, prev),
-                  "fu": self.preproc(sub, ses), "bl": self.preproc(sub, bl)}
-        if prev != bl:
-            inputs["prev_xfm"] = L.baseline_xfm(sub, prev)
+        inputs = {}
+        for key, visit in (("fu", ses), ("bl", bl), ("prev", prev)):
+            inputs[key] = self.preproc(sub, visit)
+            inputs[f"{key}_brain"] = L.brain_mask(sub, visit)
+            inputs[f"{key}_dseg"] = L.lesion_dseg(sub, visit)
+            if visit != bl:
+                inputs[f"{key}_xfm"] = L.baseline_xfm(sub, visit)
         return inputs
 
     def measure_inputs(self, wc: Any) -> dict[str, str]:
@@ -201,16 +221,22 @@ class Plan:
         sub = wc.subject
         files = [L.subject_endpoints(sub)]
         for ses in self.sessions(sub):
-            files += [self.preproc(sub, ses), L.lesion_mask(sub, ses), L.brain_mask(sub, ses),
+            files += [L.lesion_mask(sub, ses), L.lesion_dseg(sub, ses), L.brain_mask(sub, ses),
                       L.lesion_table(sub, ses)]
+            files += [self.preproc(sub, ses, c) for c in self.session(sub, ses).contrasts]
             if self.has_gd(sub, ses):
-                files += [self.preproc(sub, ses, "ceT1w"), L.enhancing_mask(sub, ses)]
+                files += [L.enhancing_mask(sub, ses)]
             if not self.is_baseline(sub, ses):
-                files += [L.new_mask(sub, ses), L.enlarging_mask(sub, ses)]
+                files += [L.new_mask(sub, ses), L.enlarging_mask(sub, ses), L.baseline_xfm(sub, ses)]
         return files
 
     def group_inputs(self, wc: Any = None) -> dict[str, list[str]]:
-        subs = self.subjects()
-        return {"tables": [L.subject_endpoints(s) for s in subs],
-                "pages": [L.qc_page(s) for s in subs],
-                "reports": [r for s in subs for ses in self.sessions(s) for r in self.step_reports(s, ses)]}
+        subs = [s for s in self.subjects() if self.usable(s)]
+        inputs = {"validations": [L.validation(s) for s in self.subjects() if not self.usable(s)],
+                  "tables": [L.subject_endpoints(s) for s in subs],
+                  "pages": [L.qc_page(s) for s in subs],
+                  "inventories": [L.counted_lesions(s) for s in subs],
+                  "reports": [r for s in subs for ses in self.sessions(s) for r in self.step_reports(s, ses)]}
+        if self.adjudication:
+            inputs["adjudication"] = [self.adjudication]
+        return inputs

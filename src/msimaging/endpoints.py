@@ -34,6 +34,7 @@ COLUMNS: tuple[str, ...] = (
     "pipeline_version",
     "config_sha256",
     "inputs_sha256",
+    "reader_adjudicated",
 )
 
 #: Columns that hold imaging measurements (merged into the outcome dataset with an mri_ prefix).
@@ -69,8 +70,16 @@ def cua_count(fu_labels: np.ndarray, changes_vs_previous: list[dict], gd_mask: n
               affine: np.ndarray, rules: LesionRules) -> int:
     """Gd+ lesions + new/enlarging T2 lesions (vs previous visit) that overlap no Gd+ lesion."""
     gd_count = int(label_lesions(gd_mask, affine, rules).max())
-    active = [c["lesion_id"] for c in changes_vs_previous if c["status"] in ("new", "enlarging")]
-    extra = sum(1 for lid in active if not gd_mask[fu_labels == lid].any())
+    gd = np.asarray(gd_mask, dtype=bool)
+    extra = 0
+    for c in changes_vs_previous:
+        if c["status"] not in ("new", "enlarging"):
+            continue
+        # lesions found by the subtraction alone are not in the dseg: they carry their voxels
+        voxels = c.get("voxels") or []
+        overlaps = bool(gd.ravel()[np.asarray(voxels, dtype=np.int64)].any()) if voxels else \
+            bool(gd[fu_labels == c["lesion_id"]].any())
+        extra += 0 if overlaps else 1
     return gd_count + extra
 
 
@@ -129,6 +138,7 @@ def session_row(
     row["pipeline_version"] = __version__
     row["config_sha256"] = config_hash
     row["inputs_sha256"] = inputs_hash
+    row["reader_adjudicated"] = False  # the outcome step applies reader decisions
 
     status_bl = {c["lesion_id"]: c for c in changes_bl}
     status_prev = {c["lesion_id"]: c for c in changes_prev}

@@ -1,7 +1,19 @@
-"""Segmentation accuracy: voxel Dice and lesion-wise detection figures.
+"""Segmentation accuracy: voxel Dice, lesion-wise detection, counts and volumes.
 
-A predicted lesion is a true positive when it overlaps the truth mask, and a truth lesion is
-detected when it overlaps the predicted mask (lesions as defined by :func:`label_lesions`).
+Definitions (``msimaging evaluate PRED TRUTH``):
+
+* **Voxel Dice** ``2|P & T| / (|P| + |T|)`` of the two masks as given (every voxel counts, also
+  components too small to be lesions). ``dice_lesions`` is the same on the masks restricted to
+  lesions (components that pass :func:`label_lesions`).
+* **Lesions** of each mask are its 26-connected components that pass the lesion rules
+  (``min_volume_mm3``, ``min_voxels``; DESIGN §4) -- :func:`label_lesions`, nothing else.
+* A **truth lesion is detected** when it overlaps the predicted mask; a **predicted lesion is a
+  true positive** when it overlaps the truth mask (each mask as given, so a prediction on an
+  expert-marked spot too small to count as a lesion is not a false positive).
+  precision = TP predicted / predicted lesions, recall = detected / truth lesions, F1 their
+  harmonic mean; with no lesion on either side all three are 1.
+* Counts are lesion counts; volumes are mask volumes in mL (``*_lesion_volume_ml`` over lesions
+  only); ``truth_small_components`` counts truth components below the lesion rules.
 """
 
 from __future__ import annotations
@@ -9,29 +21,37 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from msimaging.geometry import Grid, resample_mask, voxel_volume_mm3
-from msimaging.lesions import LesionRules, label_lesions
+from msimaging.lesions import CONNECTIVITY, LesionRules, label_lesions
 
 
 @dataclass(frozen=True)
 class Agreement:
     dice: float
+    dice_lesions: float
     lesion_precision: float
     lesion_recall: float
     lesion_f1: float
     pred_count: int
     truth_count: int
-    pred_volume_ml: float
-    truth_volume_ml: float
     true_positive_pred: int
     detected_truth: int
+    pred_volume_ml: float
+    truth_volume_ml: float
+    pred_lesion_volume_ml: float
+    truth_lesion_volume_ml: float
+    volume_difference_ml: float
+    truth_small_components: int
+    pred_small_components: int
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Voxel Dice of two binary masks (1 when both are empty)."""
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
     denom = int(a.sum()) + int(b.sum())
     return 1.0 if denom == 0 else 2.0 * int((a & b).sum()) / denom
@@ -41,26 +61,46 @@ def _ratio(num: int, den: int) -> float:
     return float(num) / den if den else float("nan")
 
 
+def _f1(precision: float, recall: float) -> float:
+    if np.isnan(precision) or np.isnan(recall):
+        return float("nan")
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def _n_components(mask: np.ndarray) -> int:
+    return int(ndi.label(mask, structure=CONNECTIVITY)[1])
+
+
 def lesion_agreement(pred: np.ndarray, truth: np.ndarray, affine: np.ndarray,
                      rules: LesionRules = LesionRules()) -> Agreement:
-    """Dice and lesion-wise precision/recall/F1 of two masks on the same grid."""
+    """Dice, lesion-wise precision/recall/F1, counts and volumes of two masks on one grid."""
+    pred = np.asarray(pred) > 0
+    truth = np.asarray(truth) > 0
+    if pred.shape != truth.shape:
+        raise ValueError(f"masks differ in shape: {pred.shape} vs {truth.shape}")
     p_lab = label_lesions(pred, affine, rules)
     t_lab = label_lesions(truth, affine, rules)
-    p_mask, t_mask = p_lab > 0, t_lab > 0
-    tp_pred = len(np.setdiff1d(np.unique(p_lab[t_mask]), [0]))
-    detected = len(np.setdiff1d(np.unique(t_lab[p_mask]), [0]))
+    tp_pred = len(np.setdiff1d(np.unique(p_lab[truth]), [0]))
+    detected = len(np.setdiff1d(np.unique(t_lab[pred]), [0]))
     n_p, n_t = int(p_lab.max()), int(t_lab.max())
-    precision = _ratio(tp_pred, n_p)
-    recall = _ratio(detected, n_t)
-    f1 = float("nan") if np.isnan(precision) or np.isnan(recall) else \
-        (0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
+    precision, recall = _ratio(tp_pred, n_p), _ratio(detected, n_t)
+    f1 = _f1(precision, recall)
     if n_p == 0 and n_t == 0:
         precision = recall = f1 = 1.0
+    elif n_p == 0:
+        precision, f1 = float("nan"), 0.0
+    elif n_t == 0:
+        recall, f1 = float("nan"), 0.0
     vox_ml = voxel_volume_mm3(affine) / 1000.0
+    p_les, t_les = p_lab > 0, t_lab > 0
     return Agreement(
-        dice=dice(p_mask, t_mask), lesion_precision=precision, lesion_recall=recall, lesion_f1=f1,
-        pred_count=n_p, truth_count=n_t, pred_volume_ml=float(p_mask.sum() * vox_ml),
-        truth_volume_ml=float(t_mask.sum() * vox_ml), true_positive_pred=tp_pred, detected_truth=detected,
+        dice=dice(pred, truth), dice_lesions=dice(p_les, t_les),
+        lesion_precision=precision, lesion_recall=recall, lesion_f1=f1,
+        pred_count=n_p, truth_count=n_t, true_positive_pred=tp_pred, detected_truth=detected,
+        pred_volume_ml=float(pred.sum() * vox_ml), truth_volume_ml=float(truth.sum() * vox_ml),
+        pred_lesion_volume_ml=float(p_les.sum() * vox_ml), truth_lesion_volume_ml=float(t_les.sum() * vox_ml),
+        volume_difference_ml=float((pred.sum() - truth.sum()) * vox_ml),
+        truth_small_components=_n_components(truth) - n_t, pred_small_components=_n_components(pred) - n_p,
     )
 
 
@@ -73,3 +113,12 @@ def evaluate_files(pred_path: str, truth_path: str, rules: LesionRules = LesionR
     if pred.shape != truth.shape or not np.allclose(p_aff, t_aff, atol=1e-3):
         pred = resample_mask(pred, p_aff, Grid(truth.shape, t_aff))
     return lesion_agreement(pred, truth, t_aff, rules)
+
+
+def format_agreement(a: Agreement) -> str:
+    """A readable block of the figures (what ``msimaging evaluate`` prints)."""
+    d = a.to_dict()
+    lines = []
+    for k, v in d.items():
+        lines.append(f"{k:>24}  {v:.4f}" if isinstance(v, float) else f"{k:>24}  {v}")
+    return "\n".join(lines)

@@ -99,6 +99,8 @@ def to_sitk(data: np.ndarray, affine: np.ndarray) -> sitk.Image:
     cosines = lps[:3, :3] / zooms
     u, _, vt = np.linalg.svd(cosines)
     cosines = u @ vt
+    # components whose squares underflow make ITK's direction SVD fail (resampling then returns zeros)
+    cosines[np.abs(cosines) < 1e-12] = 0.0
     img = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0)))
     img.SetSpacing([float(z) for z in zooms])
     img.SetOrigin([float(o) for o in lps[:3, 3]])

@@ -69,6 +69,11 @@ def subject_endpoints(sub: str) -> str:
     return f"sub-{sub}/sub-{sub}_endpoints.tsv"
 
 
+def counted_lesions(sub: str) -> str:
+    """Every counted lesion of a subject with the ids its QC page and reader adjudication use."""
+    return f"sub-{sub}/sub-{sub}_desc-counted_lesions.tsv"
+
+
 def figures_dir(sub: str) -> str:
     return f"sub-{sub}/figures"
 
@@ -80,6 +85,8 @@ def qc_page(sub: str) -> str:
 ENDPOINTS_CSV = "endpoints.csv"
 ENDPOINTS_JSON = "endpoints.json"
 QC_TSV = "qc.tsv"
+OUTCOME_MERGE_JSON = "outcome_merge.json"  # what the last --outcome-dataset merge did
+ADJUDICATION_TSV = "adjudication.tsv"     # every endpoints cell changed by reader adjudication
 DATASET_DESCRIPTION = "dataset_description.json"
 
 # --- intermediate files (not part of the public contract) --------------------------------------

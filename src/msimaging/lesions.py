@@ -1,4 +1,4 @@
-"""T2/FLAIR lesions: the one lesion-labelling function, lesion tables and segmentation.
+"""T2/FLAIR lesions: the one lesion-labelling function and lesion tables.
 
 A lesion is a 26-connected component of a lesion mask whose volume is at least
 ``min_volume_mm3`` and which has at least ``min_voxels`` voxels (DESIGN §4). Masks, counts,
@@ -83,7 +83,7 @@ def total_volume_ml(labels: np.ndarray, affine: np.ndarray) -> float:
     return float((np.asarray(labels) > 0).sum() * voxel_volume_mm3(affine) / 1000.0)
 
 
-# --- segmentation ------------------------------------------------------------------------------
+# --- robust statistics ---------------------------------------------------------------------------
 
 
 def robust_mode_sigma(values: np.ndarray) -> tuple[float, float]:
@@ -115,48 +115,6 @@ def flair_zscore(flair: np.ndarray, brain: np.ndarray) -> np.ndarray:
     """FLAIR in robust z-units of normal-appearing parenchyma (mode and lower half-width)."""
     mode, sigma = robust_mode_sigma(flair[brain])
     return ((flair - mode) / sigma).astype(np.float32)
-
-
-def segment_lesions(
-    flair: np.ndarray,
-    affine: np.ndarray,
-    brain: np.ndarray,
-    z_threshold: float = 3.0,
-    edge_mm: float = 3.0,
-) -> np.ndarray:
-    """Lesion probability from FLAIR hyperintensity inside the brain (float32, 0..1).
-
-    A logistic function of the robust FLAIR z-score, centred at ``z_threshold``, zero within
-    ``edge_mm`` of the brain surface (cortex and meninges give most false positives there).
-    """
-    from msimaging.preprocess import ball
-
-    inner = ndi.binary_erosion(brain, ball(edge_mm, affine))
-    z = flair_zscore(flair, brain)
-    prob = 1.0 / (1.0 + np.exp(-(z - z_threshold) / 0.5))
-    return np.where(inner, prob, 0.0).astype(np.float32)
-
-
-def run_segment(flair_path: str, brain_path: str, out_prob: str, out_mask: str, out_dseg: str,
-                out_json: str, subject: str, session: str, cfg: dict) -> None:
-    """Segment T2/FLAIR lesions of one session on its reference grid."""
-    from msimaging import io
-    from msimaging.qc import QCReport
-
-    lcfg = cfg.get("lesions", {})
-    rules = rules_from_config(cfg)
-    flair, affine = io.read_image(flair_path)
-    brain, _ = io.read_mask(brain_path)
-    prob = segment_lesions(flair, affine, brain)
-    labels = label_lesions(prob >= float(lcfg.get("threshold", 0.5)), affine, rules)
-    io.write_image(out_prob, prob, affine, dtype=np.float32)
-    io.write_mask(out_mask, labels > 0, affine)
-    io.write_image(out_dseg, labels, affine, dtype=np.int32)
-    report = QCReport(subject, session)
-    report.figures["t2_lesion_count"] = int(labels.max())
-    report.figures["t2_lesion_volume_ml"] = total_volume_ml(labels, affine)
-    report.add("segment_lesions", "lesions", "count", int(labels.max()))
-    io.write_json(out_json, report.to_dict())
 
 
 def rules_from_config(cfg: dict) -> LesionRules:

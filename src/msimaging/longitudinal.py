@@ -1,47 +1,152 @@
-"""New and enlarging T2 lesions between visits (DESIGN §4).
+"""New and enlarging T2 lesions between visits (DESIGN §4), detected jointly on the registered pair.
 
-A follow-up F is compared with a reference visit R (baseline or previous) after registration:
-R's labelled lesions are carried onto F's grid, every lesion of F is matched to the R lesions
-it overlaps (R dilated by ``dilate_reference_voxels``), and classified new / enlarging / stable /
-shrinking by the volume rule.
+A follow-up F is compared with a reference visit R (baseline or previous). Both FLAIRs are
+analysed together on F's grid (R is resampled through the ``from-session_to-baseline``
+transforms), so the decision never rests on two independent segmentations alone:
+
+1. **Intensity matching.** R's FLAIR is mapped onto F's intensities inside the brain both
+   share (``intensity_matching``: quantiles 1-95 matched, proportional above so the lesion tail
+   is not bent by differing lesion loads; or one global gain), then a smooth multiplicative
+   field (the differential bias left by N4 and scanner drift) is estimated from the log-ratio
+   of normal tissue and removed. Both are expressed in robust z-units of F's parenchyma
+   (:func:`lesions.robust_mode_sigma`) and smoothed alike: F also gets the average blur that
+   linear interpolation gave R, so lesion volumes compare at the same sharpness.
+2. **Subtraction.** ``dz = (zF - max_N zR) / s``: F minus the *largest* R value within
+   ``jitter_mm`` (registration jitter and partial-volume shifts cannot make a voxel look new), in
+   units ``s`` of the subtraction noise. New-lesion candidates are voxels with ``dz`` above
+   ``subtraction_z`` that are hyperintense on F (``zF`` above ``hyperintensity_z``), grown by
+   hysteresis; candidates outside the follow-up's segmented lesions become lesions of their own.
+3. **Lesion-level decision.** For every lesion of F (segmented, or candidate) both visits'
+   lesion volumes are measured *with the same operator* on the same voxels: the integral of a
+   lesion-fraction map ``max((z - z0) / (z1 - z0), 0)``, with ``z0`` near normal white matter
+   and ``z1`` the lesion's own peak (no upper clip, so blurring keeps the integral), over the lesion dilated by one voxel plus the R lesions it
+   overlaps. Linear resampling and partial volume preserve such integrals, so the comparison holds
+   across grids and visits. A lesion is **new** when it overlaps no lesion of R (DESIGN §4), R's
+   joint volume there is below ``new_reference_fraction`` of F's and the subtraction shows it;
+   **enlarging** / **shrinking** by the DESIGN §4 volume rule applied to the joint volumes (and, for enlarging, a volume of
+   significant subtraction signal of at least ``growth_evidence_mm3`` and at least
+   ``growth_evidence_fraction`` of the growth); else **stable**.
+
+The reference lesions overlapped (R's labels carried onto F, dilated by
+``dilate_reference_voxels``) are reported as ``reference_ids`` for the lesion table.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from msimaging.geometry import Grid, affine_matrix_lps, affine_transform_from_matrix, resample_array
-from msimaging.lesions import CONNECTIVITY, lesion_stats
+from msimaging.geometry import (
+    Grid,
+    affine_matrix_lps,
+    affine_transform_from_matrix,
+    resample_array,
+    voxel_sizes,
+    voxel_volume_mm3,
+)
+from msimaging.lesions import CONNECTIVITY, LesionRules, label_lesions, robust_mode_sigma
 
 log = logging.getLogger(__name__)
+
+STATUSES = ("new", "enlarging", "stable", "shrinking")
 
 
 @dataclass(frozen=True)
 class ChangeRules:
+    """Change detection settings (config section ``change:``; see config/README.md)."""
+
+    # DESIGN §4 definitions
     dilate_reference_voxels: int = 1
     enlarge_small_lesion_mm3: float = 50.0
     enlarge_small_fraction: float = 0.5
     enlarge_large_fraction: float = 0.2
     enlarge_min_volume_mm3: float = 10.0
+    # joint (subtraction) detection
+    smoothing_mm: float = 0.6
+    bias_smoothing_mm: float = 20.0
+    jitter_mm: float = 1.0
+    edge_mm: float = 3.0
+    subtraction_z: float = 4.0
+    subtraction_low_z: float = 2.5
+    hyperintensity_z: float = 2.0
+    fraction_floor_z: float = 1.0
+    new_reference_fraction: float = 0.35
+    growth_evidence_mm3: float = 10.0
+    growth_evidence_fraction: float = 0.5
+    intensity_matching: str = "quantile"
+    match_interpolation_blur: bool = True
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ChangeRules":
-        c = cfg.get("change", {})
-        return cls(**{k: type(getattr(cls(), k))(c[k]) for k in c if hasattr(cls(), k)})
+        c = cfg.get("change", {}) or {}
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in c:
+                default = getattr(cls(), f.name)
+                kwargs[f.name] = c[f.name] if isinstance(default, bool) else type(default)(c[f.name])
+        if kwargs.get("intensity_matching", "quantile") not in ("quantile", "gain"):
+            raise ValueError("change.intensity_matching must be 'quantile' or 'gain'")
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One visit's inputs on its own reference grid: standardised FLAIR, brain mask, lesion labels."""
+
+    flair: np.ndarray
+    affine: np.ndarray
+    brain: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(tuple(self.flair.shape), self.affine)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
 class LesionChange:
-    lesion_id: int                 # lesion id in the follow-up's dseg
-    status: str                    # new | enlarging | stable | shrinking
-    volume_mm3: float
+    lesion_id: int                  # id in the follow-up's dseg; ids above its maximum are lesions
+    status: str                     # found by the subtraction only (``segmented`` False)
+    volume_mm3: float               # new | enlarging | stable | shrinking
     reference_ids: tuple[int, ...]  # overlapped lesion ids of the reference visit
-    reference_volume_mm3: float
+    reference_volume_mm3: float     # their volume (reference's own segmentation)
+    joint_volume_mm3: float = 0.0   # follow-up lesion volume, joint operator
+    joint_reference_volume_mm3: float = 0.0   # reference volume on the same voxels, same operator
+    change_mm3: float = 0.0         # volume of significant FLAIR increase (subtraction) in the lesion
+    segmented: bool = True
+    voxels: tuple[int, ...] = ()    # flat (C-order) indices on the follow-up grid, unsegmented lesions
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["reference_ids"] = list(self.reference_ids)
+        d["voxels"] = list(self.voxels)
+        for k in ("volume_mm3", "reference_volume_mm3", "joint_volume_mm3", "joint_reference_volume_mm3",
+                  "change_mm3"):
+            d[k] = round(float(d[k]), 3)
+        return d
+
+
+@dataclass
+class PairMaps:
+    """The registered pair on the follow-up grid (z-units of follow-up parenchyma)."""
+
+    zf: np.ndarray
+    zr: np.ndarray
+    dz: np.ndarray                  # jitter-robust subtraction in noise units
+    d: np.ndarray                   # plain subtraction in noise units
+    mask: np.ndarray                # analysed voxels (both brains, R's field of view)
+    inner: np.ndarray               # mask away from the brain surface
+    ref_labels: np.ndarray          # R's lesion labels on the follow-up grid (nearest)
+    sigma_d: float
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+# --- transforms ----------------------------------------------------------------------------------
 
 
 def follow_up_to_reference(fu_to_baseline: sitk.Transform | None,
@@ -56,7 +161,11 @@ def follow_up_to_reference(fu_to_baseline: sitk.Transform | None,
     return affine_transform_from_matrix(m_r @ np.linalg.inv(m_f))
 
 
+# --- the DESIGN §4 volume rule -------------------------------------------------------------------
+
+
 def is_enlarged(volume_mm3: float, reference_mm3: float, rules: ChangeRules) -> bool:
+    """DESIGN §4: growth >= 50% (reference < 50 mm^3) or >= 20%, and >= the minimum volume."""
     growth = volume_mm3 - reference_mm3
     if growth < rules.enlarge_min_volume_mm3 or reference_mm3 <= 0:
         return False
@@ -65,86 +174,293 @@ def is_enlarged(volume_mm3: float, reference_mm3: float, rules: ChangeRules) -> 
     return growth >= fraction * reference_mm3
 
 
-def classify_changes(
-    fu_labels: np.ndarray,
-    fu_affine: np.ndarray,
-    ref_labels_on_fu: np.ndarray,
-    ref_volumes_mm3: dict[int, float],
-    rules: ChangeRules = ChangeRules(),
-) -> list[LesionChange]:
-    """Status of every follow-up lesion given the reference lesions carried onto its grid."""
-    stats = {s.lesion_id: s for s in lesion_stats(fu_labels, fu_affine)}
-    dilated = ref_labels_on_fu
-    if rules.dilate_reference_voxels > 0:
-        dilated = ndi.grey_dilation(ref_labels_on_fu, footprint=CONNECTIVITY,
-                                    mode="constant") if ref_labels_on_fu.any() else ref_labels_on_fu
-        for _ in range(rules.dilate_reference_voxels - 1):
-            dilated = ndi.grey_dilation(dilated, footprint=CONNECTIVITY, mode="constant")
-        dilated = np.where(ref_labels_on_fu > 0, ref_labels_on_fu, dilated)
-    changes = []
-    for lid, stat in stats.items():
-        overlapped = np.unique(dilated[fu_labels == lid])
-        overlapped = tuple(int(v) for v in overlapped if v > 0)
-        if not overlapped:
-            changes.append(LesionChange(lid, "new", stat.volume_mm3, (), 0.0))
+# --- intensity matching --------------------------------------------------------------------------
+
+
+def _footprint(radius_mm: float, affine: np.ndarray) -> np.ndarray:
+    """Voxels within ``radius_mm`` (at least the nearest in-plane neighbours) of the centre."""
+    zooms = voxel_sizes(affine)
+    radius = max(float(radius_mm), float(zooms.min()) * 1.01)
+    half = np.floor(radius / zooms + 1e-9).astype(int)
+    grids = np.meshgrid(*[np.arange(-h, h + 1) * z for h, z in zip(half, zooms)], indexing="ij")
+    return sum(g ** 2 for g in grids) <= radius ** 2 + 1e-6
+
+
+def quantile_match(source: np.ndarray, target: np.ndarray, mask: np.ndarray,
+                   percentiles: np.ndarray = np.linspace(1.0, 95.0, 95)) -> np.ndarray:
+    """Map ``source`` intensities so that their quantiles inside ``mask`` equal ``target``'s.
+
+    Piecewise linear between the matched percentiles (1st-95th by default: the upper tail holds
+    the lesions, whose load differs between visits, so it is not matched); beyond the last one
+    the map is proportional (slope ``t/s`` of the 95th percentiles), below the first linear with
+    the slope of the lowest 10%, so lesion intensities keep their contrast.
+    """
+    s = np.percentile(source[mask], percentiles)
+    t = np.percentile(target[mask], percentiles)
+    s = np.maximum.accumulate(s + np.arange(len(s)) * 1e-9)
+    out = np.interp(source, s, t)
+    k = max(1, len(s) // 10)
+    lo_slope = (t[k] - t[0]) / max(s[k] - s[0], 1e-9)
+    hi_slope = t[-1] / s[-1] if s[-1] > 0 and t[-1] > 0 else \
+        (t[-1] - t[-1 - k]) / max(s[-1] - s[-1 - k], 1e-9)
+    out = np.where(source < s[0], t[0] + (source - s[0]) * lo_slope, out)
+    out = np.where(source > s[-1], t[-1] + (source - s[-1]) * hi_slope, out)
+    return out.astype(np.float32)
+
+
+def smooth_ratio_field(numerator: np.ndarray, denominator: np.ndarray, weight: np.ndarray,
+                       affine: np.ndarray, sigma_mm: float) -> np.ndarray:
+    """Smooth multiplicative field ``exp(G * (w log(n/d)) / G * w)`` (normalised convolution)."""
+    zooms = voxel_sizes(affine)
+    sig = [sigma_mm / z for z in zooms]
+    w = weight.astype(np.float32)
+    ratio = np.zeros(numerator.shape, dtype=np.float32)
+    ok = weight & (numerator > 0) & (denominator > 0)
+    ratio[ok] = np.log(numerator[ok] / denominator[ok])
+    num = ndi.gaussian_filter(ratio * w, sig, mode="nearest")
+    den = ndi.gaussian_filter(w, sig, mode="nearest")
+    field_log = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0)
+    return np.exp(field_log).astype(np.float32)
+
+
+def robust_sigma(values: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return 1.0
+    return max(float(1.4826 * np.median(np.abs(v - np.median(v)))), 1e-6)
+
+
+def pair_maps(fu: Visit, ref: Visit, fu_to_ref: sitk.Transform, rules: ChangeRules = ChangeRules()) -> PairMaps:
+    """Resample R onto F's grid, match intensities, and compute the subtraction maps."""
+    from msimaging.preprocess import ball
+
+    grid = fu.grid
+    r_flair = resample_array(ref.flair, ref.affine, grid, fu_to_ref, "linear")
+    r_fov = resample_array(np.ones(ref.flair.shape, dtype=np.float32), ref.affine, grid, fu_to_ref,
+                           "linear") > 0.999
+    r_brain = resample_array(ref.brain.astype(np.float32), ref.affine, grid, fu_to_ref, "linear") >= 0.5
+    ref_labels = resample_array(ref.labels.astype(np.int32), ref.affine, grid, fu_to_ref, "nearest")
+    f = np.asarray(fu.flair, dtype=np.float32)
+    mask = fu.brain.astype(bool) & r_brain & r_fov
+    if mask.sum() < 1000:
+        raise ValueError("the registered visits share almost no brain; check from-session_to-baseline")
+    # 1. multiplicative intensity model (N4-corrected FLAIR = gain x smooth field x tissue signal):
+    #    a global gain, then the smooth differential field estimated on normal tissue of both
+    #    visits (twice, refining what is normal); contrast ratios, hence lesions, are kept.
+    mode, sigma = robust_mode_sigma(f[mask])
+    if rules.intensity_matching == "quantile":
+        r = quantile_match(r_flair, f, mask)
+    else:
+        r = r_flair * np.float32(np.median(f[mask]) / max(float(np.median(r_flair[mask])), 1e-6))
+    no_lesion = mask & (fu.labels == 0) & (ref_labels == 0)
+    for _ in range(2 if rules.bias_smoothing_mm > 0 else 0):
+        normal = no_lesion & (np.abs((f - mode) / sigma) < 2.5) & (np.abs((r - mode) / sigma) < 2.5)
+        if normal.sum() < 1000:
+            break
+        r = r * smooth_ratio_field(f, r, normal, fu.affine, rules.bias_smoothing_mm)
+    zf = ((f - mode) / sigma).astype(np.float32)
+    zr = ((r - mode) / sigma).astype(np.float32)
+    # 2. both smoothed alike: R was blurred by linear interpolation (variance 1/6 voxel^2 per axis
+    #    on average over sub-voxel offsets), so F gets that blur too, then both ``smoothing_mm``
+    zooms = voxel_sizes(fu.affine)
+    if rules.match_interpolation_blur:
+        zf = ndi.gaussian_filter(zf, [np.sqrt(1.0 / 6.0)] * 3).astype(np.float32)
+    if rules.smoothing_mm > 0:
+        sig = [rules.smoothing_mm / z for z in zooms]
+        zf = ndi.gaussian_filter(zf, sig).astype(np.float32)
+        zr = ndi.gaussian_filter(zr, sig).astype(np.float32)
+    zf = np.where(mask, zf, 0.0).astype(np.float32)
+    zr = np.where(mask, zr, 0.0).astype(np.float32)
+    # 3. subtraction in noise units; the jitter-robust one against R's local maximum
+    d_raw = zf - zr
+    sigma_d = robust_sigma(d_raw[mask & (fu.labels == 0)])
+    zr_max = ndi.maximum_filter(zr, footprint=_footprint(rules.jitter_mm, fu.affine), mode="nearest")
+    dz = np.where(mask, (zf - zr_max) / sigma_d, 0.0).astype(np.float32)
+    d = np.where(mask, d_raw / sigma_d, 0.0).astype(np.float32)
+    inner = ndi.binary_erosion(mask, ball(rules.edge_mm, fu.affine)) if rules.edge_mm > 0 else mask
+    log.info("pair: %d voxels analysed, subtraction noise %.3f z", int(mask.sum()), sigma_d)
+    return PairMaps(zf=zf, zr=zr, dz=dz, d=d, mask=mask, inner=inner, ref_labels=ref_labels.astype(np.int32),
+                    sigma_d=sigma_d, extras={"parenchyma_mode": float(mode), "parenchyma_sigma": float(sigma)})
+
+
+# --- candidates and lesion-level decisions --------------------------------------------------------
+
+
+def change_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
+                      lesion_rules: LesionRules = LesionRules()) -> np.ndarray:
+    """Labelled regions of significant FLAIR increase that are hyperintense on the follow-up.
+
+    Seeds: ``dz > subtraction_z`` and ``zF > hyperintensity_z`` inside the brain away from its
+    surface; grown (26-connected) through ``dz > subtraction_low_z`` with the same hyperintensity.
+    """
+    hyper = maps.zf > rules.hyperintensity_z
+    seeds = maps.inner & hyper & (maps.dz > rules.subtraction_z)
+    grow = maps.mask & hyper & (maps.dz > rules.subtraction_low_z)
+    region, n = ndi.label(grow | seeds, structure=CONNECTIVITY)
+    if n == 0:
+        return np.zeros(region.shape, dtype=np.int32)
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[np.unique(region[seeds])] = True
+    keep[0] = False
+    return label_lesions(keep[region], affine, lesion_rules)
+
+
+def lesion_fraction(z: np.ndarray, floor_z: float, peak_z: float) -> np.ndarray:
+    """Lesion fraction per voxel from a z-map: 0 at ``floor_z``, 1 at ``peak_z``, linear above.
+
+    No upper clip: the integral of a linear function of intensity is preserved by linear
+    interpolation and blurring, so a sharp and a resampled image of one lesion give one volume.
+    """
+    return np.maximum((z - floor_z) / max(peak_z - floor_z, 1e-3), 0.0)
+
+
+def _dilate(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    if iterations <= 0 or not mask.any():
+        return mask
+    return ndi.binary_dilation(mask, structure=CONNECTIVITY, iterations=iterations)
+
+
+def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
+                     ref_volumes_mm3: dict[int, float], lesion_rules: LesionRules = LesionRules(),
+                     ) -> tuple[list[LesionChange], np.ndarray]:
+    """Status of every follow-up lesion, plus lesions found by the subtraction alone.
+
+    Returns the changes and the label image they refer to (the follow-up's labels, with the
+    unsegmented candidate lesions added under ids above the follow-up's maximum).
+    """
+    vox = voxel_volume_mm3(affine)
+    labels = np.asarray(fu_labels, dtype=np.int32).copy()
+    candidates = change_candidates(maps, affine, rules, lesion_rules)
+    n_seg = int(labels.max())
+    segmented_any = _dilate(labels > 0, 1)
+    next_id = n_seg + 1
+    if candidates.any():
+        for cid in range(1, int(candidates.max()) + 1):
+            comp = candidates == cid
+            if (comp & segmented_any).any():
+                continue
+            labels[comp] = next_id
+            next_id += 1
+    ref = maps.ref_labels
+    dilated_ref = ref
+    if rules.dilate_reference_voxels > 0 and ref.any():
+        dilated_ref = ref.copy()
+        for _ in range(rules.dilate_reference_voxels):
+            grown = ndi.grey_dilation(dilated_ref, footprint=CONNECTIVITY, mode="constant")
+            dilated_ref = np.where(dilated_ref > 0, dilated_ref, grown)
+    significant = maps.d > rules.subtraction_z
+    boxes = ndi.find_objects(labels)
+    changes: list[LesionChange] = []
+    pad = 3
+    for lid, box in enumerate(boxes, start=1):
+        if box is None:
             continue
-        ref_vol = float(sum(ref_volumes_mm3.get(r, 0.0) for r in overlapped))
-        if is_enlarged(stat.volume_mm3, ref_vol, rules):
+        box = tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in zip(box, labels.shape))
+        lab = labels[box]
+        own = lab == lid
+        overlapped = np.unique(dilated_ref[box][own])
+        reference_ids = tuple(int(v) for v in overlapped if v > 0)
+        ref_part = np.isin(ref[box], reference_ids) if reference_ids else np.zeros(own.shape, dtype=bool)
+        region = _dilate(own | ref_part, 1) & maps.mask[box] & ((lab == 0) | own)
+        zf, zr = maps.zf[box], maps.zr[box]
+        peak = float(np.percentile(np.maximum(zf, zr)[own | ref_part], 90))
+        peak = max(peak, rules.fraction_floor_z + 1.0)
+        v_f = float(lesion_fraction(zf[region], rules.fraction_floor_z, peak).sum() * vox)
+        v_r = float(lesion_fraction(zr[region], rules.fraction_floor_z, peak).sum() * vox)
+        change = float((significant[box] & region).sum() * vox)
+        new_change = float(((maps.dz[box] > rules.subtraction_z) & own).sum() * vox)
+        segmented = lid <= n_seg
+        volume = float(own.sum() * vox)
+        ref_vol = float(sum(ref_volumes_mm3.get(r, 0.0) for r in reference_ids))
+        # DESIGN §4: a lesion overlapping a reference lesion is never new; one overlapping none is
+        # new only when the joint volumes agree (else the reference segmentation missed it)
+        if not reference_ids and v_r <= rules.new_reference_fraction * v_f and new_change > 0:
+            status = "new"
+        elif is_enlarged(v_f, v_r, rules) and change >= max(rules.growth_evidence_mm3,
+                                                               rules.growth_evidence_fraction * (v_f - v_r)):
             status = "enlarging"
-        elif is_enlarged(ref_vol, stat.volume_mm3, rules):
+        elif is_enlarged(v_r, v_f, rules):
             status = "shrinking"
         else:
             status = "stable"
-        changes.append(LesionChange(lid, status, stat.volume_mm3, overlapped, ref_vol))
-    return changes
+        if not segmented and status != "new":
+            labels[labels == lid] = 0     # a subtraction candidate that is not new is not a lesion
+            continue
+        voxels: tuple[int, ...] = ()
+        if not segmented:
+            voxels = tuple(int(i) for i in np.flatnonzero(labels == lid))
+        changes.append(LesionChange(lid, status, volume, reference_ids, ref_vol, v_f, v_r, change,
+                                    segmented, voxels))
+    return changes, labels
 
 
-def compare_visits(
-    fu_labels: np.ndarray,
-    fu_affine: np.ndarray,
-    ref_labels: np.ndarray,
-    ref_affine: np.ndarray,
-    fu_to_ref: sitk.Transform,
-    rules: ChangeRules = ChangeRules(),
-) -> list[LesionChange]:
-    """Classify follow-up lesions against a reference visit's labelled lesions."""
-    ref_on_fu = resample_array(ref_labels, ref_affine, Grid(fu_labels.shape, fu_affine), fu_to_ref,
-                               "nearest").astype(np.int32)
-    ref_volumes = {s.lesion_id: s.volume_mm3 for s in lesion_stats(ref_labels, ref_affine)}
-    return classify_changes(fu_labels, fu_affine, ref_on_fu, ref_volumes, rules)
+def compare_visits(fu: Visit, ref: Visit, fu_to_ref: sitk.Transform, rules: ChangeRules = ChangeRules(),
+                   lesion_rules: LesionRules = LesionRules()) -> tuple[list[LesionChange], np.ndarray]:
+    """Classify the follow-up's lesions against a reference visit (see the module docstring)."""
+    from msimaging.lesions import lesion_stats
+
+    maps = pair_maps(fu, ref, fu_to_ref, rules)
+    ref_volumes = {s.lesion_id: s.volume_mm3 for s in lesion_stats(ref.labels, ref.affine)}
+    return classify_lesions(fu.labels, maps, fu.affine, rules, ref_volumes, lesion_rules)
 
 
-def status_mask(fu_labels: np.ndarray, changes: list[LesionChange], status: str) -> np.ndarray:
+def status_mask(labels: np.ndarray, changes: list[LesionChange], status: str) -> np.ndarray:
+    """The voxels of the lesions with ``status`` (``labels`` as returned by :func:`compare_visits`)."""
     ids = [c.lesion_id for c in changes if c.status == status]
-    return np.isin(fu_labels, ids) if ids else np.zeros(fu_labels.shape, dtype=bool)
+    return np.isin(labels, ids) if ids else np.zeros(labels.shape, dtype=bool)
 
 
-def run_compare(fu_dseg: str, fu_xfm: str, baseline_dseg: str, previous_dseg: str | None,
-                previous_xfm: str | None, out_new: str, out_enlarging: str, out_json: str,
-                subject: str, session: str, cfg: dict) -> None:
-    """Compare a follow-up with baseline and with the previous visit; write masks and JSON."""
+def count_status(changes: list[LesionChange] | list[dict], status: str) -> int:
+    return sum(1 for c in changes if (c["status"] if isinstance(c, dict) else c.status) == status)
+
+
+# --- file level ----------------------------------------------------------------------------------
+
+
+def read_visit(flair_path: str, brain_path: str, dseg_path: str) -> Visit:
+    from msimaging import io
+
+    flair, affine = io.read_image(flair_path)
+    brain, _ = io.read_mask(brain_path)
+    labels, _ = io.read_image(dseg_path, dtype=np.int32)
+    return Visit(flair=flair, affine=affine, brain=brain, labels=labels)
+
+
+def run_compare(fu: dict[str, str], baseline: dict[str, str], previous: dict[str, str] | None,
+                out_new: str, out_enlarging: str, out_json: str, subject: str, session: str,
+                cfg: dict) -> None:
+    """Compare a follow-up with baseline and with the previous visit; write masks and JSON.
+
+    ``fu``, ``baseline`` and ``previous`` map ``flair``, ``brain``, ``dseg`` and (follow-ups)
+    ``xfm`` (``from-session_to-baseline``) to files; ``previous`` is None when it is the
+    baseline. The masks (on the follow-up grid) hold the new / enlarging lesions vs baseline.
+    """
     from msimaging import io
     from msimaging.geometry import read_transform
+    from msimaging.lesions import rules_from_config
     from msimaging.qc import QCReport
 
     rules = ChangeRules.from_config(cfg)
-    fu, fu_affine = io.read_image(fu_dseg, dtype=np.int32)
-    t_fu = read_transform(fu_xfm)
-    result: dict[str, list[dict]] = {}
-    for name, dseg, xfm in (("baseline", baseline_dseg, None), ("previous", previous_dseg, previous_xfm)):
-        if dseg is None:
-            dseg, xfm = baseline_dseg, None
-        ref, ref_affine = io.read_image(dseg, dtype=np.int32)
-        t_ref = read_transform(xfm) if xfm else None
-        changes = compare_visits(fu, fu_affine, ref, ref_affine, follow_up_to_reference(t_fu, t_ref), rules)
-        result[name] = [c.__dict__ | {"reference_ids": list(c.reference_ids)} for c in changes]
-        if name == "baseline":
-            io.write_mask(out_new, status_mask(fu, changes, "new"), fu_affine)
-            io.write_mask(out_enlarging, status_mask(fu, changes, "enlarging"), fu_affine)
+    lesion_rules = rules_from_config(cfg)
+    f = read_visit(fu["flair"], fu["brain"], fu["dseg"])
+    t_fu = read_transform(fu["xfm"])
     report = QCReport(subject, session)
-    for name in ("baseline", "previous"):
+    result: dict[str, list[dict]] = {}
+    for name, visit in (("baseline", baseline), ("previous", previous or baseline)):
+        r = read_visit(visit["flair"], visit["brain"], visit["dseg"])
+        t_ref = read_transform(visit["xfm"]) if visit.get("xfm") else None
+        changes, labels = compare_visits(f, r, follow_up_to_reference(t_fu, t_ref), rules, lesion_rules)
+        result[name] = [c.to_dict() for c in changes]
+        if name == "baseline":
+            io.write_mask(out_new, status_mask(labels, changes, "new"), f.affine)
+            io.write_mask(out_enlarging, status_mask(labels, changes, "enlarging"), f.affine)
         for status in ("new", "enlarging"):
-            report.figures[f"{status}_t2_vs_{name}"] = sum(1 for c in result[name] if c["status"] == status)
+            n = count_status(changes, status)
+            report.figures[f"{status}_t2_vs_{name}"] = n
+            report.add("compare_visits", name, f"{status}_count", n)
+        unsegmented = sum(1 for c in changes if not c.segmented)
+        report.add("compare_visits", name, "new_unsegmented_count", unsegmented)
+        log.info("vs %s: %s", name, {s: count_status(changes, s) for s in STATUSES})
     report.figures["changes"] = result
     io.write_json(out_json, report.to_dict())
-

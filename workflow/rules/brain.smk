@@ -9,6 +9,8 @@ rule measure_brain:
         L.log("measure_brain", "{subject}", "{session}"),
     benchmark:
         L.benchmark("measure_brain", "{subject}", "{session}")
+    group:
+        "subject"
     threads: 2
     resources:
         mem_mb=3000,

@@ -10,6 +10,8 @@ rule session_endpoints:
         L.log("session_endpoints", "{subject}", "{session}"),
     benchmark:
         L.benchmark("session_endpoints", "{subject}", "{session}")
+    group:
+        "subject"
     threads: 1
     resources:
         mem_mb=1000,
@@ -29,6 +31,8 @@ rule subject_endpoints:
         L.log("subject_endpoints", "{subject}"),
     benchmark:
         L.benchmark("subject_endpoints", "{subject}")
+    group:
+        "subject"
     threads: 1
     resources:
         mem_mb=500,
@@ -43,14 +47,29 @@ rule qc_report:
     input:
         PLAN.qc_report_inputs,
     output:
-        page=L.qc_page("{subject}"),
-        figures=directory(L.figures_dir("{subject}")),
+        page=report(
+            L.qc_page("{subject}"),
+            caption="../report/qc_page.rst",
+            category="QC pages",
+            labels={"subject": "{subject}", "figure": "QC page"},
+        ),
+        figures=report(
+            directory(L.figures_dir("{subject}")),
+            patterns=["{name}.png"],
+            caption="../report/qc_figure.rst",
+            category="QC figures",
+            subcategory="sub-{subject}",
+            labels={"subject": "{subject}", "figure": "{name}"},
+        ),
+        inventory=L.counted_lesions("{subject}"),
     params:
         sessions=PLAN.subject_info,
     log:
         L.log("qc_report", "{subject}"),
     benchmark:
         L.benchmark("qc_report", "{subject}")
+    group:
+        "subject"
     threads: 1
     resources:
         mem_mb=2000,
@@ -61,6 +80,11 @@ rule qc_report:
         "../../scripts/qc_report.py"
 
 
+# The group-level table takes a second: on a cluster it runs on the submit node, not as a job.
+localrules:
+    outcome_dataset,
+
+
 rule outcome_dataset:
     input:
         unpack(PLAN.group_inputs),
@@ -68,6 +92,7 @@ rule outcome_dataset:
         csv=L.ENDPOINTS_CSV,
         dictionary=L.ENDPOINTS_JSON,
         qc=L.QC_TSV,
+        adjudication=L.ADJUDICATION_TSV,
     log:
         "logs/outcome_dataset/group.log",
     benchmark:

@@ -10,6 +10,8 @@ rule segment_lesions:
         L.log("segment_lesions", "{subject}", "{session}"),
     benchmark:
         L.benchmark("segment_lesions", "{subject}", "{session}")
+    group:
+        "subject"
     threads: 2
     resources:
         mem_mb=3000,
@@ -30,6 +32,8 @@ rule detect_enhancing:
         L.log("detect_enhancing", "{subject}", "{session}"),
     benchmark:
         L.benchmark("detect_enhancing", "{subject}", "{session}")
+    group:
+        "subject"
     threads: 1
     resources:
         mem_mb=2000,
@@ -51,6 +55,8 @@ rule compare_visits:
         L.log("compare_visits", "{subject}", "{session}"),
     benchmark:
         L.benchmark("compare_visits", "{subject}", "{session}")
+    group:
+        "subject"
     threads: 1
     resources:
         mem_mb=2000,

@@ -7,6 +7,8 @@ rule validate_inputs:
         L.log("validate_inputs", "{subject}"),
     benchmark:
         L.benchmark("validate_inputs", "{subject}")
+    group:
+        "subject"
     threads: 1
     resources:
         mem_mb=1000,
@@ -26,6 +28,8 @@ rule preprocess:
         L.log("preprocess", "{subject}", "{session}", "{contrast}"),
     benchmark:
         L.benchmark("preprocess", "{subject}", "{session}", "{contrast}")
+    group:
+        "subject"
     threads: 2
     resources:
         mem_mb=2000,
@@ -47,7 +51,9 @@ rule brain_mask:
         L.log("brain_mask", "{subject}", "{session}"),
     benchmark:
         L.benchmark("brain_mask", "{subject}", "{session}")
-    threads: 2
+    group:
+        "subject"
+    threads: 1  # multi-threaded ITK registration is not reproducible run to run (DESIGN §9)
     resources:
         mem_mb=3000,
         runtime=15,

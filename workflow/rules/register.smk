@@ -10,7 +10,9 @@ rule coregister:
         L.log("coregister", "{subject}", "{session}", "{contrast}_to-{ref}"),
     benchmark:
         L.benchmark("coregister", "{subject}", "{session}", "{contrast}_to-{ref}")
-    threads: 2
+    group:
+        "subject"
+    threads: 1  # multi-threaded ITK registration is not reproducible run to run (DESIGN §9)
     resources:
         mem_mb=2000,
         runtime=10,
@@ -31,7 +33,9 @@ rule register_to_baseline:
         L.log("register_to_baseline", "{subject}", "{session}"),
     benchmark:
         L.benchmark("register_to_baseline", "{subject}", "{session}")
-    threads: 2
+    group:
+        "subject"
+    threads: 1  # multi-threaded ITK registration is not reproducible run to run (DESIGN §9)
     resources:
         mem_mb=2000,
         runtime=10,

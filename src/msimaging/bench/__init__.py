@@ -7,4 +7,4 @@ is shared and noisy, so no timing is ever asserted in a test.
 
 from __future__ import annotations
 
-SECTIONS: tuple[str, ...] = ("rules", "registration")
+SECTIONS: tuple[str, ...] = ("rules", "registration", "lesions", "atrophy", "activity", "outcome", "budget", "scale")

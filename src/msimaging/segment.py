@@ -1,0 +1,492 @@
+"""T2/FLAIR lesion segmentation, offline on CPU (DESIGN §3 ``label-lesion`` outputs).
+
+The method, in the order it runs (every threshold is a ``lesions:`` config key):
+
+1. **Tissue model.** A Gaussian mixture of CSF, grey matter (GM) and white matter (WM) over the
+   available contrasts (FLAIR, plus T1w and T2w when present), fitted by EM with the MNI152
+   tissue maps carried onto the session grid as spatial priors. Voxels far from every class
+   (Mahalanobis distance beyond ``outlier_kappa``) are down-weighted, as in Van Leemput et al.
+   (IEEE TMI 2001), so lesions do not pull the normal-tissue statistics.
+2. **Local references.** Normal-appearing WM and GM FLAIR intensities are estimated locally
+   (normalised Gaussian convolution over typical WM/GM voxels) so residual bias and regional
+   contrast do not create false positives.
+3. **Hyperintensity.** Lesions are brighter than both: ``z_wm`` (FLAIR above local NAWM in NAWM
+   standard deviations) and ``z_gm`` (above local GM in GM deviations).
+4. **Seeds and growth.** Confident voxels (``z_gm >= seed_z_gm``) seed lesions; each seed's
+   component grows over connected voxels whose lesion fraction (partial volume between local
+   NAWM and the lesion's own core intensity) is at least ``pv_fraction``.
+5. **False-positive removal.** Components mostly in cortex, on the brain surface, or in CSF
+   (choroid plexus, septum, flow artefacts) are removed.
+
+The probability map is the voxel lesion fraction times the component's plausibility, so the
+binary mask is exactly ``label_lesions(probability >= threshold)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from msimaging.geometry import Grid, resample_array, voxel_sizes, voxel_volume_mm3
+from msimaging.lesions import CONNECTIVITY, LesionRules, label_lesions, rules_from_config, total_volume_ml
+
+log = logging.getLogger(__name__)
+
+#: Tissue classes of the mixture, in this order.
+CLASSES = ("csf", "gm", "wm")
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Thresholds of the segmentation (config keys under ``lesions:``)."""
+
+    threshold: float = 0.5           # probability threshold of the binary mask
+    outlier_kappa: float = 3.0       # Mahalanobis distance beyond which a voxel is atypical
+    prior_weight: float = 0.8        # weight of the template priors (rest: uniform)
+    prior_smoothing_mm: float = 2.0  # Gaussian smoothing of the priors (registration slack)
+    em_iterations: int = 15
+    local_sigma_mm: float = 8.0      # width of the local NAWM/GM reference
+    seed_z_gm: float = 3.0           # seed: FLAIR above local GM by this many GM SDs ...
+    seed_z_wm: float = 5.0           # ... and above local NAWM by this many NAWM SDs
+    grow_z_wm: float = 2.0           # growth: FLAIR above local NAWM by at least this ...
+    grow_mm: float = 2.0             # ... within this distance of a seed ...
+    pv_fraction: float = 0.55        # ... and lesion fraction >= this (partial volume border)
+    contrast_method: str = "core"    # lesion contrast: "core" (seeds' 90th percentile) or "integral"
+    max_cortex_fraction: float = 0.5  # components mostly in cortex are dropped
+    surface_mm: float = 2.0          # voxels within this distance of the brain surface ...
+    max_surface_fraction: float = 0.5  # ... may be at most this fraction of a component
+    max_csf_fraction: float = 0.5    # components mostly in CSF (prior) are dropped
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "SegmentOptions":
+        lcfg = dict(cfg.get("lesions", {}))
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in lcfg:
+                kwargs[f.name] = type(getattr(cls(), f.name))(lcfg[f.name])
+        return cls(**kwargs)
+
+
+# --- priors ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TissuePriors:
+    """Template tissue probabilities on the session grid (float32, each 0..1)."""
+
+    csf: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+
+    def stack(self) -> np.ndarray:
+        return np.stack([self.csf, self.gm, self.wm], axis=-1)
+
+
+def _unit(arr: np.ndarray) -> np.ndarray:
+    """A probability map scaled so that its maximum is 1 (template maps come as 0..1 or 0..1/255)."""
+    a = np.asarray(arr, dtype=np.float32)
+    top = float(a.max()) if a.size else 0.0
+    return a / top if top > 0 else a
+
+
+def template_tissue_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNI152 CSF, GM, WM probability maps (0..1) and their RAS affine (bundled with nilearn)."""
+    from msimaging.template import load_template
+
+    tpl = load_template()
+    t1, gm, wm = _unit(tpl.t1), _unit(tpl.gm), _unit(tpl.wm)
+    envelope = ndi.binary_fill_holes(ndi.binary_closing(t1 > 0.02, np.ones((3, 3, 3)), iterations=2))
+    csf = np.clip(envelope.astype(np.float32) - gm - wm, 0.0, 1.0)
+    return csf, gm, wm, np.asarray(tpl.affine, dtype=float)
+
+
+def tissue_priors(grid: Grid, template_to_session: sitk.Transform | None) -> TissuePriors:
+    """The template tissue maps on ``grid`` (``template_to_session`` in ITK resampling convention)."""
+    csf, gm, wm, affine = template_tissue_maps()
+    maps = [np.clip(resample_array(m, affine, grid, template_to_session), 0.0, 1.0).astype(np.float32)
+            for m in (csf, gm, wm)]
+    return TissuePriors(*maps)
+
+
+def flat_priors(shape: tuple[int, ...]) -> TissuePriors:
+    """Uninformative priors (no template available)."""
+    third = np.full(shape, 1.0 / 3.0, dtype=np.float32)
+    return TissuePriors(third, third.copy(), third.copy())
+
+
+# --- tissue model ------------------------------------------------------------------------------
+
+
+@dataclass
+class TissueModel:
+    """Gaussian tissue classes over the channels (``channels`` names them, FLAIR first)."""
+
+    channels: tuple[str, ...]
+    means: np.ndarray   # (3, C)
+    covs: np.ndarray    # (3, C, C)
+
+    def sd(self, cls: str, channel: int = 0) -> float:
+        return float(np.sqrt(self.covs[CLASSES.index(cls), channel, channel]))
+
+    def mean(self, cls: str, channel: int = 0) -> float:
+        return float(self.means[CLASSES.index(cls), channel])
+
+
+def _weighted_gaussians(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    total = np.maximum(w.sum(axis=0), 1e-9)
+    means = (w.T @ x) / total[:, None]
+    c = x.shape[1]
+    covs = np.empty((w.shape[1], c, c))
+    for k in range(w.shape[1]):
+        d = x - means[k]
+        covs[k] = (d * w[:, k:k + 1]).T @ d / total[k]
+    return means, covs + 1e-6 * np.eye(c)
+
+
+def _class_terms(x: np.ndarray, means: np.ndarray, covs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class log-likelihood (up to a constant) and squared Mahalanobis distance."""
+    n, k = x.shape[0], means.shape[0]
+    loglik = np.empty((n, k))
+    d2 = np.empty((n, k))
+    for j in range(k):
+        inv = np.linalg.inv(covs[j])
+        d = x - means[j]
+        d2[:, j] = np.einsum("ij,jk,ik->i", d, inv, d)
+        loglik[:, j] = -0.5 * d2[:, j] - 0.5 * np.log(np.linalg.det(covs[j]))
+    return loglik, d2
+
+
+def _posteriors(loglik: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    lp = loglik + np.log(np.maximum(prior, 1e-6))
+    lp -= lp.max(axis=1, keepdims=True)
+    post = np.exp(lp)
+    return post / post.sum(axis=1, keepdims=True)
+
+
+def typicality(d2: np.ndarray, kappa: float) -> np.ndarray:
+    """Van Leemput's typicality: 1 near a class mean, 0 beyond ``kappa`` Mahalanobis units."""
+    return 1.0 / (1.0 + np.exp(np.clip((d2 - kappa ** 2) / 2.0, -50.0, 50.0)))
+
+
+def fit_tissue_model(
+    x: np.ndarray, prior: np.ndarray, channels: tuple[str, ...], kappa: float = 3.0, iterations: int = 15,
+    max_samples: int = 200_000, seed: int = 0,
+) -> TissueModel:
+    """EM for the three tissue Gaussians on samples ``x`` (N, C) with spatial priors (N, 3)."""
+    n = x.shape[0]
+    if n > max_samples:
+        idx = np.random.default_rng(seed).choice(n, max_samples, replace=False)
+        idx.sort()
+        x, prior = x[idx], prior[idx]
+    x = x.astype(np.float64)
+    means, covs = _weighted_gaussians(x, prior)
+    for _ in range(iterations):
+        loglik, d2 = _class_terms(x, means, covs)
+        post = _posteriors(loglik, prior)
+        means, covs = _weighted_gaussians(x, post * typicality(d2, kappa))
+    return TissueModel(channels=channels, means=means, covs=covs)
+
+
+def normalise_priors(p: np.ndarray, weight: float) -> np.ndarray:
+    """Rows summing to one, mixed with a uniform prior (``1 - weight``) for registration slack."""
+    p = np.asarray(p, dtype=np.float64)
+    p = p / np.maximum(p.sum(axis=1, keepdims=True), 1e-3)
+    return weight * p + (1.0 - weight) / p.shape[1]
+
+
+# --- local references --------------------------------------------------------------------------
+
+
+def smooth_mm(data: np.ndarray, affine: np.ndarray, sigma_mm: float) -> np.ndarray:
+    """Gaussian smoothing with ``sigma_mm`` in physical units on an anisotropic grid."""
+    if sigma_mm <= 0:
+        return np.asarray(data, dtype=np.float32)
+    sig = sigma_mm / voxel_sizes(affine)
+    return ndi.gaussian_filter(np.asarray(data, dtype=np.float32), sig, mode="nearest", truncate=3.0)
+
+
+def local_mean(data: np.ndarray, weight: np.ndarray, affine: np.ndarray, sigma_mm: float,
+               fallback: float) -> np.ndarray:
+    """Normalised convolution: the weighted local mean of ``data`` (``fallback`` where no weight)."""
+    num = smooth_mm(data * weight, affine, sigma_mm)
+    den = smooth_mm(weight, affine, sigma_mm)
+    out = np.full(data.shape, fallback, dtype=np.float32)
+    ok = den > 1e-3
+    out[ok] = num[ok] / den[ok]
+    return out
+
+
+def robust_stats(values: np.ndarray) -> tuple[float, float]:
+    """Median and normalised MAD (Gaussian-consistent SD) of a sample."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    med = float(np.median(v))
+    return med, max(1.4826 * float(np.median(np.abs(v - med))), 1e-6)
+
+
+# --- lesion detection --------------------------------------------------------------------------
+
+
+@dataclass
+class Evidence:
+    """Voxel-wise maps the detection works from (all on the session grid)."""
+
+    z_wm: np.ndarray       # FLAIR above local NAWM, in NAWM SDs
+    z_gm: np.ndarray       # FLAIR above local GM, in GM SDs
+    nawm: np.ndarray       # local NAWM FLAIR intensity
+    post: np.ndarray       # (X, Y, Z, 3) tissue posteriors CSF, GM, WM (0 outside the brain)
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+def tissue_evidence(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray,
+                    priors: TissuePriors, options: SegmentOptions = SegmentOptions(),
+                    hyper: str = "FLAIR") -> Evidence:
+    """Tissue posteriors and FLAIR hyperintensity maps.
+
+    The mixture is fitted on the contrasts other than ``hyper`` when there are any (lesions are
+    then not what separates the classes), else on ``hyper`` alone.
+    """
+    flair = np.asarray(images[hyper], dtype=np.float32)
+    names = tuple(c for c in images if c != hyper) or (hyper,)
+    x = np.stack([np.asarray(images[c], dtype=np.float32)[brain] for c in names], axis=-1).astype(np.float64)
+    p = priors.stack()
+    prior = normalise_priors(p[brain], options.prior_weight)
+    model = fit_tissue_model(x, prior, names, options.outlier_kappa, options.em_iterations)
+    loglik, d2 = _class_terms(x, model.means, model.covs)
+    post = _posteriors(loglik, prior)
+    typ = typicality(d2, options.outlier_kappa)
+    f = flair[brain]
+    post_img = np.zeros(brain.shape + (3,), dtype=np.float32)
+    post_img[brain] = post
+    stats = {}
+    weights = {}
+    for j, cls in enumerate(CLASSES):
+        w = post[:, j] * typ[:, j]
+        sel = w > 0.5
+        if sel.sum() < 50:
+            sel = post[:, j] > 0.5
+        med, sd = robust_stats(f[sel]) if sel.any() else (float(np.median(f)), float(np.std(f)))
+        stats[cls] = (med, sd)
+        # normal-appearing: exclude voxels already clearly hyperintense for their class
+        wimg = np.zeros(brain.shape, dtype=np.float32)
+        wimg[brain] = w * (f < med + 3.0 * sd)
+        weights[cls] = wimg
+    (m_wm, s_wm), (m_gm, s_gm) = stats["wm"], stats["gm"]
+    nawm = local_mean(flair, weights["wm"], affine, options.local_sigma_mm, m_wm)
+    ngm = local_mean(flair, weights["gm"], affine, options.local_sigma_mm, m_gm)
+    z_wm = np.where(brain, (flair - nawm) / s_wm, 0.0).astype(np.float32)
+    z_gm = np.where(brain, (flair - ngm) / s_gm, 0.0).astype(np.float32)
+    figures = {"flair_wm_median": m_wm, "flair_wm_sd": s_wm, "flair_gm_median": m_gm, "flair_gm_sd": s_gm,
+               "flair_csf_median": stats["csf"][0]}
+    return Evidence(z_wm=z_wm, z_gm=z_gm, nawm=nawm, post=post_img, figures=figures)
+
+
+def conditional_grow(seeds: np.ndarray, allowed: np.ndarray, steps: int) -> np.ndarray:
+    """Seeds dilated (26-connectivity) up to ``steps`` times, never leaving ``allowed``."""
+    grown = seeds & allowed
+    for _ in range(max(0, steps)):
+        nxt = ndi.binary_dilation(grown, CONNECTIVITY) & allowed
+        if (nxt == grown).all():
+            break
+        grown = nxt
+    return grown
+
+
+def distance_to_surface_mm(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Distance in mm from each brain voxel to the outside of the brain mask."""
+    return ndi.distance_transform_edt(brain, sampling=voxel_sizes(affine)).astype(np.float32)
+
+
+def pv_contrasts(excess: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Each region's lesion contrast (lesion minus NAWM FLAIR) consistent with partial volume.
+
+    For a lesion of true contrast D and volume V (voxels), the FLAIR excess over NAWM summed over
+    its neighbourhood is E = D * V, and about V voxels have a lesion fraction >= 1/2, i.e. an
+    excess >= D/2. So the half-contrast threshold t satisfies ``count(excess >= t) * 2t = E``;
+    the largest such count is taken (sorted excesses), and ``D = 2t``. Unlike the brightest
+    voxels, this does not under-estimate D for lesions a few voxels across (partial volume).
+    """
+    out = np.zeros(n, np.float32)
+    grown = ndi.grey_dilation(labels, footprint=CONNECTIVITY)
+    boxes = ndi.find_objects(grown)
+    for i, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box)
+        own = labels[box] == i
+        hood = (grown[box] == i) & ((labels[box] == 0) | own)
+        e = excess[box][hood]
+        total = float(e.sum())
+        vals = np.sort(excess[box][own])[::-1]
+        if total <= 0 or vals.size == 0 or vals[0] <= 0:
+            out[i - 1] = max(float(vals[0]) if vals.size else 0.0, 1e-3)
+            continue
+        k = np.arange(1, vals.size + 1)
+        ok = np.nonzero(2.0 * k * vals >= total)[0]
+        out[i - 1] = 2.0 * float(vals[ok[-1]]) if ok.size else float(vals[0])
+    return out
+
+
+def _component_fractions(labels: np.ndarray, n: int, maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Mean of each map over each component 1..n."""
+    idx = np.arange(1, n + 1)
+    sizes = np.maximum(np.bincount(labels.ravel(), minlength=n + 1)[1:], 1).astype(float)
+    return {k: np.asarray(ndi.sum(m, labels, idx), dtype=float) / sizes for k, m in maps.items()}
+
+
+def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev: Evidence,
+                   priors: TissuePriors, options: SegmentOptions = SegmentOptions()
+                   ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Lesion probability (float32 0..1) from the evidence maps, and figures of the decision.
+
+    Seeds grow into a candidate region; inside it each voxel's lesion fraction is its FLAIR
+    between local NAWM (0) and the core intensity of its seeds (1). Voxels with fraction >=
+    ``pv_fraction`` form the candidate lesions, which are then kept or rejected as a whole.
+    """
+    zooms = voxel_sizes(affine)
+    f = np.asarray(flair, dtype=np.float32)
+    seeds = brain & (ev.z_gm >= options.seed_z_gm) & (ev.z_wm >= options.seed_z_wm)
+    allowed = brain & (ev.z_wm >= options.grow_z_wm)
+    steps = int(np.ceil(options.grow_mm / float(zooms.min()))) if options.grow_mm > 0 else 0
+    region = conditional_grow(seeds, allowed, steps)
+    labels, n = ndi.label(region, structure=CONNECTIVITY)
+    figures: dict[str, Any] = {"seed_voxels": int(seeds.sum()), "regions": int(n)}
+    if n == 0:
+        return np.zeros(brain.shape, np.float32), figures
+    # partial volume: lesion fraction between local NAWM and the seeds' core intensity
+    idx = np.arange(1, n + 1)
+    seed_labels = np.where(seeds, labels, 0)
+    core = np.asarray(ndi.labeled_comprehension(f, seed_labels, idx, lambda v: np.percentile(v, 90),
+                                                np.float32, 0), dtype=np.float32)
+    excess = (f - ev.nawm).astype(np.float32)
+    contrast = np.zeros(n + 1, np.float32)
+    if options.contrast_method == "integral":
+        contrast[1:] = pv_contrasts(excess, labels, n)
+    else:
+        contrast[1:] = core - np.asarray(ndi.mean(ev.nawm, seed_labels, idx), dtype=np.float32)
+    frac = np.where(labels > 0, excess / np.maximum(contrast[labels], 1e-6), 0.0).astype(np.float32)
+    lesion = (labels > 0) & (frac >= options.pv_fraction)
+    cand, m = ndi.label(lesion, structure=CONNECTIVITY)
+    figures["candidates"] = int(m)
+    if m == 0:
+        return np.zeros(brain.shape, np.float32), figures
+    # plausibility of each candidate lesion
+    depth = distance_to_surface_mm(brain, affine)
+    fr = _component_fractions(cand, m, {
+        "surface": depth <= options.surface_mm,
+        "cortex": (priors.gm > 0.5) & (priors.wm < 0.3),
+        "csf": priors.csf > 0.5,
+    })
+    reject = {"surface": fr["surface"] > options.max_surface_fraction,
+              "cortex": fr["cortex"] > options.max_cortex_fraction,
+              "csf": fr["csf"] > options.max_csf_fraction}
+    keep = ~np.any(np.stack(list(reject.values())), axis=0)
+    figures.update({f"removed_{k}": int(v.sum()) for k, v in reject.items()})
+    figures["_components"] = dict(labels=cand, keep=keep, **fr)
+    # each region voxel takes the decision of its nearest candidate lesion
+    keep_lut = np.zeros(m + 1, np.float32)
+    keep_lut[1:] = keep
+    nearest = ndi.distance_transform_edt(cand == 0, sampling=zooms, return_distances=False, return_indices=True)
+    owner = cand[tuple(nearest)]
+    soft = 1.0 / (1.0 + np.exp(-(frac - options.pv_fraction) / 0.1))
+    prob = np.where(labels > 0, soft * keep_lut[owner], 0.0).astype(np.float32)
+    return prob, figures
+
+
+# --- the whole segmentation --------------------------------------------------------------------
+
+#: Contrasts that inform the tissue model besides the hyperintensity contrast (never ce-T1w:
+#: enhancement would be mistaken for tissue contrast).
+MODEL_CONTRASTS = ("T1w", "T2w")
+
+
+@dataclass
+class Segmentation:
+    """Lesion probability (float32 0..1), lesion labels (int32, :func:`label_lesions`) and figures."""
+
+    prob: np.ndarray
+    labels: np.ndarray
+    figures: dict[str, Any]
+
+
+def hyper_contrast(images: Mapping[str, np.ndarray]) -> str:
+    """The contrast lesions are hyperintense on: FLAIR, else T2w."""
+    for c in ("FLAIR", "T2w"):
+        if c in images:
+            return c
+    raise ValueError(f"lesion segmentation needs FLAIR or T2w, got {sorted(images)}")
+
+
+def segment_lesions(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray,
+                    priors: TissuePriors, options: SegmentOptions = SegmentOptions(),
+                    rules: LesionRules = LesionRules()) -> Segmentation:
+    """Segment T2/FLAIR lesions of one session (all arrays on one grid, ``affine`` RAS).
+
+    ``images`` holds FLAIR (or T2w) and optionally T1w/T2w, co-registered; ``priors`` are the
+    template tissue maps on the same grid. The binary mask is ``labels > 0``, which is exactly
+    ``label_lesions(prob >= options.threshold)``.
+    """
+    brain = np.asarray(brain) > 0
+    hyper = hyper_contrast(images)
+    used = {hyper: np.asarray(images[hyper], dtype=np.float32)}
+    used.update({c: np.asarray(images[c], dtype=np.float32) for c in MODEL_CONTRASTS
+                 if c in images and c != hyper})
+    if options.prior_smoothing_mm > 0:
+        priors = TissuePriors(*(smooth_mm(m, affine, options.prior_smoothing_mm)
+                                for m in (priors.csf, priors.gm, priors.wm)))
+    ev = tissue_evidence(used, affine, brain, priors, options, hyper=hyper)
+    prob, figures = detect_lesions(used[hyper], affine, brain, ev, priors, options)
+    figures.pop("_components", None)
+    labels = label_lesions(prob >= options.threshold, affine, rules)
+    figures.update(ev.figures)
+    figures.update({"contrasts": sorted(used), "hyper_contrast": hyper, "lesion_count": int(labels.max()),
+                    "lesion_volume_ml": total_volume_ml(labels, affine)})
+    return Segmentation(prob=prob, labels=labels, figures=figures)
+
+
+def run_segment_lesions(inputs: Mapping[str, str], out_prob: str, out_mask: str, out_dseg: str,
+                        out_json: str, subject: str, session: str, cfg: Mapping[str, Any]) -> None:
+    """Segment the lesions of one session and write DESIGN §3's probseg, mask and dseg.
+
+    ``inputs`` maps contrast names (FLAIR, T2w, T1w, ...) to preprocessed images on the session
+    reference grid, plus ``brain`` (brain mask) and ``template_xfm`` (template -> session,
+    ITK resampling convention; optional: without it the tissue priors are flat).
+    """
+    from msimaging import io
+    from msimaging.geometry import read_transform
+    from msimaging.qc import QCReport
+
+    options = SegmentOptions.from_config(cfg)
+    rules = rules_from_config(dict(cfg))
+    brain, affine = io.read_mask(inputs["brain"])
+    images = {}
+    for c in ("FLAIR", "T2w", "T1w"):
+        if c in inputs:
+            data, aff = io.read_image(inputs[c])
+            if data.shape != brain.shape or not np.allclose(aff, affine, atol=1e-3):
+                raise ValueError(f"{c} is not on the session reference grid")
+            images[c] = data
+    if "template_xfm" in inputs:
+        priors = tissue_priors(Grid(brain.shape, affine), read_transform(inputs["template_xfm"]))
+    else:
+        priors = flat_priors(brain.shape)
+    seg = segment_lesions(images, affine, brain, priors, options, rules)
+    io.write_image(out_prob, seg.prob, affine, dtype=np.float32)
+    io.write_mask(out_mask, seg.labels > 0, affine)
+    io.write_image(out_dseg, seg.labels, affine, dtype=np.int32)
+    report = QCReport(subject, session)
+    report.figures["t2_lesion_count"] = int(seg.labels.max())
+    report.figures["t2_lesion_volume_ml"] = total_volume_ml(seg.labels, affine)
+    for k, v in seg.figures.items():
+        if isinstance(v, (int, float)):
+            report.figures[f"segment_{k}"] = v
+    report.add("segment_lesions", "lesions", "count", int(seg.labels.max()))
+    report.add("segment_lesions", "lesions", "contrasts", "+".join(seg.figures["contrasts"]))
+    io.write_json(out_json, report.to_dict())
+    log.info("%s %s: %d lesions, %.2f mL", subject, session, seg.labels.max(), seg.figures["lesion_volume_ml"])

@@ -1,0 +1,70 @@
+"""Gd+ detection on a small synthetic head with known enhancing lesion, vessel and choroid plexus."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from msimaging.enhancing import EnhancingRules, detect_enhancing, elongation
+from msimaging.lesions import LesionRules
+from tests.conftest import oblique_affine
+
+AFFINE = oblique_affine(zooms=(1.2, 1.2, 2.0))
+SHAPE = (64, 64, 40)
+
+
+def _head(rng):
+    """T1w, ce-T1w, FLAIR and brain of an ellipsoid brain (WM 1.0 / GM 0.65 shell / CSF ventricle)."""
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij"), -1).astype(float)
+    p = (ijk - (np.asarray(SHAPE) - 1) / 2) * np.array([1.2, 1.2, 2.0])
+    r = np.sqrt((p[..., 0] / 34) ** 2 + (p[..., 1] / 34) ** 2 + (p[..., 2] / 34) ** 2)
+    brain = r < 1.0
+    t1 = np.where(brain, np.where(r > 0.85, 0.65, 1.0), 0.1)
+    flair = np.where(brain, np.where(r > 0.85, 0.7, 0.55), 0.05)
+    ventricle = np.sqrt(((p[..., 0] - 8) / 5) ** 2 + (p[..., 1] / 12) ** 2 + (p[..., 2] / 6) ** 2) < 1
+    t1[ventricle], flair[ventricle] = 0.25, 0.12
+    ce = t1.copy()
+    truth = np.zeros(SHAPE, dtype=bool)
+    # enhancing lesion in white matter: T1w 0.62 (a T2 lesion), ce-T1w 1.35, FLAIR bright
+    les = np.linalg.norm(p - np.array([-12.0, 6.0, 4.0]), axis=-1) < 3.5
+    t1[les], ce[les], flair[les] = 0.62, 1.35, 1.0
+    truth |= les
+    # a non-enhancing T2 lesion
+    t2les = np.linalg.norm(p - np.array([10.0, -14.0, -6.0]), axis=-1) < 3.0
+    t1[t2les], ce[t2les], flair[t2les] = 0.62, 0.62, 1.0
+    # choroid plexus in the ventricle: enhances strongly, not a lesion
+    chor = np.linalg.norm(p - np.array([8.0, 0.0, 0.0]), axis=-1) < 3.0
+    t1[chor], ce[chor], flair[chor] = 0.45, 1.5, 0.35
+    # a deep vessel: thin tube, enhances, FLAIR dark
+    tube = (np.hypot(p[..., 0] + 2.0, p[..., 2] + 10.0) < 1.2) & (np.abs(p[..., 1]) < 16)
+    t1[tube], ce[tube], flair[tube] = 0.4, 1.45, 0.15
+    # dura / sinus at the brain surface
+    rim = (r > 0.94) & (r < 1.0) & (p[..., 1] > 20)
+    ce[rim] = 1.4
+    gain = 1.15                                   # different scaling of the post-contrast scan
+    noise = lambda a: (a + rng.normal(0, 0.02, SHAPE)).astype(np.float32)  # noqa: E731
+    return noise(t1), noise(ce * gain), noise(flair), brain, truth, t2les
+
+
+def test_detects_enhancing_lesion_and_rejects_mimics():
+    rng = np.random.default_rng(3)
+    t1, ce, flair, brain, truth, t2les = _head(rng)
+    labels = detect_enhancing(ce, t1, AFFINE, brain, EnhancingRules(), LesionRules(), flair=flair,
+                              t2_lesions=truth | t2les)
+    assert labels.max() == 1
+    found = labels > 0
+    assert found[truth].mean() > 0.7                          # the lesion, most of it
+    assert (found & ~truth).sum() * np.prod([1.2, 1.2, 2.0]) < 30.0   # little outside it
+
+
+def test_without_flair_the_shape_and_csf_rules_reject_mimics():
+    rng = np.random.default_rng(4)
+    t1, ce, _, brain, truth, _ = _head(rng)
+    labels = detect_enhancing(ce, t1, AFFINE, brain, EnhancingRules(), LesionRules())
+    assert labels.max() == 1 and (labels > 0)[truth].any()
+
+
+def test_elongation_of_a_tube_and_a_ball():
+    line = np.stack([np.arange(20.0), np.zeros(20), np.zeros(20)], 1)
+    tube = np.concatenate([line + [0, dy, dz] for dy in (-1, 0, 1) for dz in (-1, 0, 1)])
+    ball = np.argwhere(np.ones((5, 5, 5))).astype(float)
+    assert elongation(tube) > 4.0 > 1.5 > elongation(ball)
