@@ -53,7 +53,8 @@ rule brain_mask:
         L.benchmark("brain_mask", "{subject}", "{session}")
     group:
         "subject"
-    threads: 1  # multi-threaded ITK registration is not reproducible run to run (DESIGN §9)
+    # multi-threaded ITK registration is not reproducible run to run (DESIGN §9)
+    threads: 1
     resources:
         mem_mb=3000,
         runtime=15,

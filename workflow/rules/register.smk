@@ -12,7 +12,8 @@ rule coregister:
         L.benchmark("coregister", "{subject}", "{session}", "{contrast}_to-{ref}")
     group:
         "subject"
-    threads: 1  # multi-threaded ITK registration is not reproducible run to run (DESIGN §9)
+    # multi-threaded ITK registration is not reproducible run to run (DESIGN §9)
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
@@ -35,7 +36,8 @@ rule register_to_baseline:
         L.benchmark("register_to_baseline", "{subject}", "{session}")
     group:
         "subject"
-    threads: 1  # multi-threaded ITK registration is not reproducible run to run (DESIGN §9)
+    # multi-threaded ITK registration is not reproducible run to run (DESIGN §9)
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
