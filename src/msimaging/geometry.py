@@ -69,7 +69,9 @@ def affine_problems(affine: np.ndarray) -> list[str]:
     zooms = voxel_sizes(a)
     if np.any(zooms < 1e-3):
         return [f"voxel sizes {np.round(zooms, 4).tolist()} mm include a zero: the affine is singular"]
-    if abs(np.linalg.det(a[:3, :3])) < 1e-6:
+    with np.errstate(all="ignore"):  # denormal entries: det under/overflows, which means singular
+        det = float(np.linalg.det(a[:3, :3]))
+    if not np.isfinite(det) or abs(det) < 1e-6:
         return ["the affine is singular (its voxel axes are linearly dependent)"]
     cosines = a[:3, :3] / zooms
     deviation = float(np.abs(cosines.T @ cosines - np.eye(3)).max())
@@ -177,10 +179,21 @@ def euler_from_matrix(matrix_lps: np.ndarray) -> sitk.Euler3DTransform:
     m = np.asarray(matrix_lps, dtype=float)
     u, _, vt = np.linalg.svd(m[:3, :3])
     rot = u @ vt
-    tx = sitk.Euler3DTransform()
-    tx.SetMatrix([float(v) for v in rot.ravel()])
-    tx.SetTranslation([float(v) for v in m[:3, 3]])
-    return tx
+    best: tuple[float, sitk.Euler3DTransform] | None = None
+    # Euler angles lose precision near gimbal lock; ZXY and ZYX lock at different poses, so one
+    # of the two orders always represents the rotation to machine precision
+    for zyx in (False, True):
+        tx = sitk.Euler3DTransform()
+        tx.SetComputeZYX(zyx)
+        tx.SetMatrix([float(v) for v in rot.ravel()])
+        tx.SetTranslation([float(v) for v in m[:3, 3]])
+        err = float(np.abs(np.asarray(tx.GetMatrix()).reshape(3, 3) - rot).max())
+        if best is None or err < best[0]:
+            best = (err, tx)
+        if err < 1e-12:
+            break
+    assert best is not None
+    return best[1]
 
 
 def read_transform(path: str | object) -> sitk.Transform:

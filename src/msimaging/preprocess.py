@@ -138,12 +138,14 @@ def n4_bias_correct(
     return corrected, field
 
 
-def brain_mask_morphological(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+def brain_mask_morphological(data: np.ndarray, affine: np.ndarray, head: np.ndarray | None = None) -> np.ndarray:
     """Brain mask by erosion, largest component and reconstruction (skull is dark in MRI).
 
-    A first, template-free method: used as a fallback and for images without skull.
+    A first, template-free method: used as a fallback and for images without skull. ``head``:
+    the :func:`head_mask` when already computed.
     """
-    head = head_mask(data, affine)
+    if head is None:
+        head = head_mask(data, affine)
     vals = data[head]
     thr = otsu_threshold(np.clip(vals, 0, np.percentile(vals, 99.5)))
     tissue = (data > 0.6 * thr) & head
@@ -184,13 +186,13 @@ def run_n4(image_path: str, out_path: str, cfg: dict) -> dict:
 
     data, affine = io.read_image(image_path)
     pcfg = cfg.get("preprocess", {})
+    head = head_mask(data, affine)
     corrected, field = n4_bias_correct(
-        data, affine,
+        data, affine, mask=head,
         spacing_mm=float(pcfg.get("n4_spacing_mm", 5.0)),
         iterations=pcfg.get("n4_iterations", (50, 50, 30)),
     )
     io.write_image(out_path, corrected, affine)
-    head = head_mask(data, affine)
     lo, hi = np.percentile(field[head], [1, 99]) if head.any() else (1.0, 1.0)
     log.info("N4: bias field range %.3f..%.3f inside the head", lo, hi)
     return {"bias_field_p01": float(lo), "bias_field_p99": float(hi)}
@@ -216,13 +218,13 @@ def brain_mask_template(data: np.ndarray, affine: np.ndarray, refine: bool = Tru
     from msimaging.register import register_template
     from msimaging.template import load_template
 
-    rough = brain_mask_morphological(data, affine)
+    head = head_mask(data, affine)
+    rough = brain_mask_morphological(data, affine, head)
     xfm, nmi = register_template(data, affine, rough, options)  # type: ignore[arg-type]
     tpl = load_template()
     frac = resample_array(tpl.brain_fraction, tpl.affine, Grid(tuple(data.shape), affine), xfm)  # type: ignore[arg-type]
     mask = frac >= 0.5
     if refine:
-        head = head_mask(data, affine)
         mask = fill_holes_slicewise(largest_component(mask & dilate_mm(head, 2.0, affine)))
     vox_ml = float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
     dice = 2.0 * float((rough & mask).sum()) / max(float(rough.sum() + mask.sum()), 1.0)

@@ -32,7 +32,6 @@ from msimaging.geometry import (
     crop_affine,
     displacement_mm,
     euler_from_matrix,
-    grid_of,
     halfway_transforms,
     resample_array,
     rotation_angle_deg,

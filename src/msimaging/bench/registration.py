@@ -85,7 +85,15 @@ def phantom_figures(root: Path, resolution: tuple[float, float, float] | float, 
     from msimaging.phantom import PhantomOptions, make_study
     from msimaging.register import coregister_contrast, register_to_baseline
 
+    from msimaging.preprocess import standardise
+
     dice, tre_contrast, tre_baseline = [], [], []
+    wm_cv_raw, wm_cv_n4, wm_level = [], [], []
+    qc_status: dict[str, int] = {"pass": 0, "warn": 0, "fail": 0}
+
+    def count(values: dict[str, Any]) -> None:
+        for v in values.values():
+            qc_status[str(v).split("(")[-1].rstrip(")")] += 1
     seconds: dict[str, list[float]] = {"n4": [], "brain_mask": [], "coregister": [], "to_baseline": []}
     for seed in range(seeds):
         options = PhantomOptions(resolution_mm=resolution, orientation="oblique", skull=True, seed=seed,
@@ -99,6 +107,12 @@ def phantom_figures(root: Path, resolution: tuple[float, float, float] | float, 
                 ref = prepare(ses.images[ses.reference])
                 truth_mask, _ = io.read_mask(ses.truth["brain_mask"])
                 dice.append(_dice(ref["mask"], truth_mask))
+                # N4 and standardisation: white-matter intensity spread before and after
+                wm = io.read_image(ses.truth["WM_probseg"])[0] > 0.9
+                raw = io.read_image(ses.images[ses.reference])[0]
+                wm_cv_raw.append(float(raw[wm].std() / raw[wm].mean()))
+                wm_cv_n4.append(float(ref["data"][wm].std() / ref["data"][wm].mean()))
+                wm_level.append(float(np.median(standardise(ref["data"], ref["mask"])[wm])))
                 seconds["n4"].append(ref["n4_s"])
                 seconds["brain_mask"].append(ref["brain_mask_s"])
                 points = brain_points_ras(truth_mask, ref["affine"])
@@ -111,6 +125,7 @@ def phantom_figures(root: Path, resolution: tuple[float, float, float] | float, 
                     moving, _ = n4_bias_correct(moving, maffine)
                     res = coregister_contrast((ref["data"], ref["affine"]), ref["mask"], (moving, maffine))
                     seconds["coregister"].append(res.seconds)
+                    count(_qc_values(ref, (moving, maffine), res.transform, same_contrast=False))
                     tre_contrast.append(_tre(res.transform, read_transform(ses.truth[f"xfm_{contrast}"]),
                                              points)["median_mm"])
                 prepared[ses.session] = (ref, points)
@@ -121,16 +136,20 @@ def phantom_figures(root: Path, resolution: tuple[float, float, float] | float, 
                 res = register_to_baseline((bl["data"], bl["affine"]), bl["mask"], (fu["data"], fu["affine"]),
                                            fu["mask"])
                 seconds["to_baseline"].append(res.seconds)
+                count(_qc_values(bl, (fu["data"], fu["affine"]), res.transform, same_contrast=True))
                 tre_baseline.append(_tre(res.transform, read_transform(ses.truth["xfm_baseline"]),
                                          bl_points)["median_mm"])
     return {
         "resolution_mm": resolution,
         "brain_mask_dice_min": min(dice), "brain_mask_dice_median": statistics.median(dice),
+        "wm_cv_raw_median": statistics.median(wm_cv_raw), "wm_cv_n4_median": statistics.median(wm_cv_n4),
+        "wm_standardised_median": statistics.median(wm_level),
         "coregister_tre_median_mm": statistics.median(tre_contrast),
         "coregister_tre_worst_median_mm": max(tre_contrast),
         "to_baseline_tre_median_mm": statistics.median(tre_baseline),
         "to_baseline_tre_worst_median_mm": max(tre_baseline),
         "seconds_median": {k: statistics.median(v) for k, v in seconds.items() if v},
+        "registration_qc_items": qc_status,
         "n_sessions": len(dice), "n_coregistrations": len(tre_contrast), "n_to_baseline": len(tre_baseline),
     }
 
@@ -139,7 +158,8 @@ def real_figures(root: Path) -> dict[str, Any]:
     """sub-p12: follow-up -> baseline TRE against the reference transforms, mask agreement, timings."""
     from msimaging import io
     from msimaging.geometry import Grid, brain_points_ras, read_transform, resample_mask, transform_points_ras
-    from msimaging.register import register_to_baseline
+    from msimaging.preprocess import n4_bias_correct
+    from msimaging.register import coregister_contrast, register_to_baseline
 
     ref_dir = root / "derivatives" / "reference" / "sub-p12"
     visits = {}
@@ -155,17 +175,42 @@ def real_figures(root: Path) -> dict[str, Any]:
         dice[ses] = _dice(v["mask"], on_visit)
     bl, fu = visits["01"], visits["02"]
     res = register_to_baseline((bl["data"], bl["affine"]), bl["mask"], (fu["data"], fu["affine"]), fu["mask"])
+    qc = {"to_baseline": _qc_values(bl, (fu["data"], fu["affine"]), res.transform, same_contrast=True)}
+    # cross-contrast co-registration of the baseline visit, with its QC figures (no truth here)
+    coreg_s = {}
+    for contrast in ("T1w", "T2w"):
+        path = root / "sub-p12" / "ses-01" / "anat" / f"sub-p12_ses-01_{contrast}.nii.gz"
+        if not path.is_file():
+            continue
+        moving, maffine = io.read_image(path)
+        moving, _ = n4_bias_correct(moving, maffine)
+        r = coregister_contrast((bl["data"], bl["affine"]), bl["mask"], (moving, maffine))
+        coreg_s[contrast] = r.seconds
+        qc[f"{contrast}_to-FLAIR"] = _qc_values(bl, (moving, maffine), r.transform, same_contrast=False)
     points = brain_points_ras(common_mask, common_affine)
     estimate = transform_points_ras(res.transform, transform_points_ras(a["01"], points))
     err = np.linalg.norm(estimate - transform_points_ras(a["02"], points), axis=1)
     return {
         "to_baseline_tre_median_mm": float(np.median(err)), "to_baseline_tre_p95_mm": float(np.percentile(err, 95)),
         "to_baseline_tre_max_mm": float(err.max()), "to_baseline_seconds": res.seconds,
-        "brain_mask_dice_vs_reference": dice,
+        "brain_mask_dice_vs_reference": dice, "coregister_seconds": coreg_s,
+        **{f"qc_{name}": values for name, values in qc.items()},
         "template_nmi": {ses: v["figures"]["template_nmi"] for ses, v in visits.items()},
         "n4_seconds": {ses: v["n4_s"] for ses, v in visits.items()},
         "brain_mask_seconds": {ses: v["brain_mask_s"] for ses, v in visits.items()},
     }
+
+
+def _qc_values(fixed: dict[str, Any], moving: tuple[np.ndarray, np.ndarray], transform: Any,
+               same_contrast: bool) -> dict[str, Any]:
+    """The registration QC items (value and status) of one registration, on the fixed grid."""
+    from msimaging.geometry import Grid, resample_array
+    from msimaging.register import RegistrationQC, registration_checks
+
+    warped = resample_array(moving[0], moving[1], Grid(fixed["data"].shape, fixed["affine"]), transform)
+    checks = registration_checks(fixed["data"], warped, fixed["mask"], fixed["affine"], transform, same_contrast,
+                                 RegistrationQC())
+    return {c["metric"]: f"{c['value']} ({c['status']})" for c in checks}
 
 
 def timing_figures(root: Path, repeats: int) -> dict[str, Any]:
