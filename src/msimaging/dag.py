@@ -118,7 +118,7 @@ class Plan:
 
     def all_targets(self) -> list[str]:
         # QC pages are deliverables: a deleted page is rebuilt even when the tables are up to date
-        return [L.ENDPOINTS_CSV, L.ENDPOINTS_JSON, L.QC_TSV, *(L.qc_page(s) for s in self.subjects())]
+        return [L.ENDPOINTS_CSV, L.ENDPOINTS_JSON, L.QC_TSV, *(L.qc_page(s) for s in self.subjects() if self.usable(s))]
 
     def raw_images(self, sub: str) -> list[str]:
         return [str(p) for s in self.subject(sub).sessions for p in s.images.values()]
