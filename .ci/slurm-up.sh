@@ -62,7 +62,10 @@ munge -n | unmunge >/dev/null || die "munge does not work"
 # machine can still schedule a subject job that asks for what a cluster node would give it;
 # SlurmdParameters=config_overrides keeps slurmd from draining a node whose RAM is below that.
 HOST=$(hostname -s)
-CPUS=$(nproc)
+# nproc --all: plain nproc honours OMP_NUM_THREADS, which a caller may have set to 1. At least 2 CPUs
+# (config_overrides accepts it), so the profile's 2-thread jobs can always be placed.
+CPUS=$(nproc --all)
+[ "$CPUS" -ge 2 ] || CPUS=2
 MEM_MB=$(awk '/MemTotal/ {m = int($2 / 1024 - 512); if (m < 16384) m = 16384; print m}' /proc/meminfo)
 if [ -e "$CONF" ] && ! grep -qF "$MARK" "$CONF"; then
     die "$CONF exists and was not written by this script: not replacing a site's configuration"

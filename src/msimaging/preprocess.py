@@ -138,6 +138,12 @@ def n4_bias_correct(
     return corrected, field
 
 
+#: Erosion radii tried in turn by :func:`brain_mask_morphological` (first that frees the brain wins).
+EROSION_RADII_MM = (4.0, 6.0, 8.0)
+#: Largest plausible volume of the eroded brain core (an adult brain is 1.0-1.8 L before erosion).
+MAX_BRAIN_CORE_ML = 1900.0
+
+
 def brain_mask_morphological(data: np.ndarray, affine: np.ndarray, head: np.ndarray | None = None) -> np.ndarray:
     """Brain mask by erosion, largest component and reconstruction (skull is dark in MRI).
 
@@ -149,9 +155,14 @@ def brain_mask_morphological(data: np.ndarray, affine: np.ndarray, head: np.ndar
     vals = data[head]
     thr = otsu_threshold(np.clip(vals, 0, np.percentile(vals, 99.5)))
     tissue = (data > 0.6 * thr) & head
-    core = erode_mm(tissue, 4.0, affine)
-    core = largest_component(core)
-    brain = dilate_mm(core, 4.0, affine) & tissue
+    # Erode until the skull lets go: the largest component left must be brain-sized. On coarse
+    # (4 mm) grids a 4 mm erosion can leave brain and scalp joined through one voxel of skull.
+    vox_ml = float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    for radius in EROSION_RADII_MM:
+        core = largest_component(erode_mm(tissue, radius, affine))
+        if core.sum() * vox_ml <= MAX_BRAIN_CORE_ML:
+            break
+    brain = dilate_mm(core, radius, affine) & tissue
     brain = close_mm(brain, 6.0, affine)
     return fill_holes_slicewise(brain)
 

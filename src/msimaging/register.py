@@ -697,7 +697,6 @@ def run_coregister(moving_path: str, ref_path: str, brain_path: str, out_xfm: st
         checks = registration_checks(ref, on_ref, brain, ref_affine, xfm, same_contrast=False,
                                      qc=qc_from_config(rcfg))
         _qc_add(report, "coregister", contrast, checks, f"{contrast} -> {ref_contrast}")
-        report.figures[f"coregister_{contrast}_seconds"] = round(res.seconds, 2)
     image = standardise(on_ref, brain)
     if out_png:
         if contrast == ref_contrast:
@@ -736,7 +735,6 @@ def run_to_baseline(fu_path: str, fu_brain: str, bl_path: str, bl_brain: str, ou
     _qc_add(report, "register_to_baseline", "session", checks, "follow-up -> baseline")
     ncc = next(c["value"] for c in checks if c["metric"] == "ncc")
     report.figures["ncc_to_baseline"] = ncc
-    report.figures["to_baseline_seconds"] = round(res.seconds, 2)
     if out_png:
         plot_registration(bl, warped, bl_mask, bl_affine, out_png,
                           title=f"sub-{subject} ses-{session} -> baseline (checkerboard)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,15 @@ from msimaging.validate import ValidationError
 
 
 @pytest.fixture(autouse=True)
-def restore_logging():
-    """runtime.step takes over the root logger (as a Snakemake job does); give it back after each test."""
+def restore_logging(monkeypatch):
+    """runtime.step takes over the root logger and sets thread variables (as a Snakemake job does);
+    give both back after each test (a leaked OMP_NUM_THREADS=1 would reach later subprocesses)."""
+    from msimaging.runtime import THREAD_VARIABLES
+
+    for var in THREAD_VARIABLES:
+        monkeypatch.setenv(var, os.environ.get(var, ""))
+        if not os.environ[var]:
+            monkeypatch.delenv(var)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
