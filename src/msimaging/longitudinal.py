@@ -14,19 +14,27 @@ transforms), so the decision never rests on two independent segmentations alone:
 2. **Subtraction.** ``dz = (zF - max_N zR) / s``: F minus the *largest* R value within
    ``jitter_mm`` (registration jitter and partial-volume shifts cannot make a voxel look new), in
    units ``s`` of the subtraction noise (local, over ``local_noise_mm``, never below the global
-   robust value: misregistered CSF borders and thick-slice partial volume are noisier). New-lesion candidates are voxels with ``dz`` above
-   ``subtraction_z`` that are hyperintense on F (``zF`` above ``hyperintensity_z``), grown by
-   hysteresis; candidates outside the follow-up's segmented lesions become lesions of their own.
+   robust value: misregistered CSF borders and thick-slice partial volume are noisier). Change
+   candidates are voxels with ``dz`` (a new lesion) or the plain subtraction ``d`` (a lesion's
+   growth rim, within the jitter of the old lesion) above ``subtraction_z`` that are
+   hyperintense on F (``zF`` above ``hyperintensity_z``), grown by hysteresis. A candidate
+   outside the follow-up's segmented lesions becomes a lesion of its own: with F's connected
+   voxels above ``joint_lesion_z`` it touches, and R's adjacent voxels above it as R's lesion,
+   so the decision does not depend on the cross-sectional segmentation having found either.
 3. **Lesion-level decision.** For every lesion of F (segmented, or candidate) both visits'
    lesion volumes are measured *with the same operator* on the same voxels: the integral of a
    lesion-fraction map ``max((z - z0) / (z1 - z0), 0)``, with ``z0`` near normal white matter
    and ``z1`` the lesion's own peak (no upper clip, so blurring keeps the integral), over the lesion dilated by one voxel plus the R lesions it
    overlaps. Linear resampling and partial volume preserve such integrals, so the comparison holds
-   across grids and visits. A lesion is **new** when it overlaps no lesion of R (DESIGN §4), R's
+   across grids and visits. A lesion is **new** when it overlaps no lesion of R (DESIGN §4; R's
+   segmented lesions, and for a candidate outside F's segmented lesions also R's lesions of the
+   joint maps, i.e. 26-connected voxels above ``joint_lesion_z`` of lesion size), R's
    joint volume there is below ``new_reference_fraction`` of F's and the subtraction shows it;
    **enlarging** / **shrinking** by the DESIGN §4 volume rule applied to the joint volumes (and, for enlarging, a volume of
-   significant subtraction signal of at least ``growth_evidence_mm3`` and at least
-   ``growth_evidence_fraction`` of the growth); else **stable**.
+   significant subtraction signal - hysteresis ``subtraction_z`` / ``subtraction_low_z`` on
+   ``d`` - of at least ``growth_evidence_mm3`` and at least ``growth_evidence_fraction`` of the
+   growth); else **stable**. Candidates outside the segmented lesions are kept only when new or
+   enlarging.
 
 The reference lesions overlapped (R's labels carried onto F, dilated by
 ``dilate_reference_voxels``) are reported as ``reference_ids`` for the lesion table.
@@ -76,6 +84,7 @@ class ChangeRules:
     subtraction_low_z: float = 2.5
     hyperintensity_z: float = 1.0
     fraction_floor_z: float = 1.0
+    joint_lesion_z: float = 2.0
     new_reference_fraction: float = 0.35
     growth_evidence_mm3: float = 10.0
     growth_evidence_fraction: float = 0.5
@@ -314,12 +323,14 @@ def change_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
                       lesion_rules: LesionRules = LesionRules()) -> np.ndarray:
     """Labelled regions of significant FLAIR increase that are hyperintense on the follow-up.
 
-    Seeds: ``dz > subtraction_z`` and ``zF > hyperintensity_z`` inside the brain away from its
-    surface; grown (26-connected) through ``dz > subtraction_low_z`` with the same hyperintensity.
+    Seeds: an increase above ``subtraction_z`` (jitter-robust ``dz``: a new lesion; or plain
+    ``d``: a lesion's growth, whose rim lies within the jitter of the old lesion) with ``zF >
+    hyperintensity_z`` inside the brain away from its surface; grown (26-connected) through
+    increases above ``subtraction_low_z`` with the same hyperintensity.
     """
     hyper = maps.zf > rules.hyperintensity_z
-    seeds = maps.inner & hyper & (maps.dz > rules.subtraction_z)
-    grow = maps.mask & hyper & (maps.dz > rules.subtraction_low_z)
+    seeds = maps.inner & hyper & ((maps.dz > rules.subtraction_z) | (maps.d > rules.subtraction_z))
+    grow = maps.mask & hyper & ((maps.dz > rules.subtraction_low_z) | (maps.d > rules.subtraction_low_z))
     region, n = ndi.label(grow | seeds, structure=CONNECTIVITY)
     if n == 0:
         return np.zeros(region.shape, dtype=np.int32)
@@ -327,6 +338,33 @@ def change_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
     keep[np.unique(region[seeds])] = True
     keep[0] = False
     return label_lesions(keep[region], affine, lesion_rules)
+
+
+def joint_lesion_labels(z: np.ndarray, mask: np.ndarray, affine: np.ndarray, rules: ChangeRules,
+                        lesion_rules: LesionRules = LesionRules()) -> np.ndarray:
+    """Lesions (DESIGN §4 size rules) of lesion-level hyperintensity (``z > joint_lesion_z``) of one visit.
+
+    Computed on the pair's own maps, so a lesion the cross-sectional segmentation missed still
+    has an extent at both visits (a subtraction candidate's lesion, and its reference lesion).
+    """
+    return label_lesions(mask & (z > rules.joint_lesion_z), affine, lesion_rules)
+
+
+def significant_increase(maps: PairMaps, rules: ChangeRules) -> np.ndarray:
+    """Voxels of significant FLAIR increase: hysteresis on the plain subtraction ``d`` (regions
+    above ``subtraction_low_z`` holding a voxel above ``subtraction_z``), as for the candidates.
+
+    A lesion's growth is a rim partly covered by partial volume; the rim's voxels below the seed
+    threshold but connected to it are growth as much as its core.
+    """
+    low = maps.mask & (maps.d > rules.subtraction_low_z)
+    region, n = ndi.label(low, structure=CONNECTIVITY)
+    if n == 0:
+        return low
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[np.unique(region[maps.d > rules.subtraction_z])] = True
+    keep[0] = False
+    return keep[region]
 
 
 def lesion_fraction(z: np.ndarray, floor_z: float, peak_z: float) -> np.ndarray:
@@ -358,12 +396,26 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
     n_seg = int(labels.max())
     segmented_any = _dilate(labels > 0, 1)
     next_id = n_seg + 1
+    # a candidate outside the segmented lesions is a lesion of its own: the candidate plus the
+    # follow-up's hyperintense region(s) it touches (the segmentation may have missed the lesion)
+    joint_f = joint_lesion_labels(maps.zf, maps.mask, affine, rules, lesion_rules)
+    joint_r = joint_lesion_labels(maps.zr, maps.mask, affine, rules, lesion_rules)
     if candidates.any():
-        for cid in range(1, int(candidates.max()) + 1):
-            comp = candidates == cid
-            if (comp & segmented_any).any():
+        for cid, cbox in enumerate(ndi.find_objects(candidates), start=1):
+            if cbox is None:
                 continue
-            labels[comp] = next_id
+            comp_box = candidates[cbox] == cid
+            if (comp_box & segmented_any[cbox]).any() or (labels[cbox][comp_box] > 0).any():
+                continue
+            touched = np.setdiff1d(np.unique(joint_f[cbox][comp_box]), [0])
+            if touched.size:
+                ext = np.isin(joint_f, touched)
+                ext[cbox] |= comp_box
+                ext &= ~segmented_any & (labels == 0)
+            else:
+                ext = np.zeros(labels.shape, dtype=bool)
+                ext[cbox] = comp_box
+            labels[ext] = next_id
             next_id += 1
     ref = maps.ref_labels
     dilated_ref = ref
@@ -372,7 +424,7 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
         for _ in range(rules.dilate_reference_voxels):
             grown = ndi.grey_dilation(dilated_ref, footprint=CONNECTIVITY, mode="constant")
             dilated_ref = np.where(dilated_ref > 0, dilated_ref, grown)
-    significant = maps.d > rules.subtraction_z
+    significant = significant_increase(maps, rules)
     boxes = ndi.find_objects(labels)
     changes: list[LesionChange] = []
     pad = 3
@@ -385,6 +437,15 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
         overlapped = np.unique(dilated_ref[box][own])
         reference_ids = tuple(int(v) for v in overlapped if v > 0)
         ref_part = np.isin(ref[box], reference_ids) if reference_ids else np.zeros(own.shape, dtype=bool)
+        segmented = lid <= n_seg
+        joint_reference = False
+        if not segmented:
+            # R's hyperintense lesions it overlaps (R's mask dilated as for DESIGN §4) stand for
+            # R's lesion where R's segmentation has none: overlapping one, it is not new
+            near = np.setdiff1d(np.unique(joint_r[box][_dilate(own, rules.dilate_reference_voxels)]), [0])
+            if near.size:
+                ref_part = ref_part | np.isin(joint_r[box], near)
+                joint_reference = True
         region = _dilate(own | ref_part, 1) & maps.mask[box] & ((lab == 0) | own)
         zf, zr = maps.zf[box], maps.zr[box]
         peak = float(np.percentile(np.maximum(zf, zr)[own | ref_part], 90))
@@ -393,12 +454,12 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
         v_r = float(lesion_fraction(zr[region], rules.fraction_floor_z, peak).sum() * vox)
         change = float((significant[box] & region).sum() * vox)
         new_change = float(((maps.dz[box] > rules.subtraction_z) & own).sum() * vox)
-        segmented = lid <= n_seg
         volume = float(own.sum() * vox)
         ref_vol = float(sum(ref_volumes_mm3.get(r, 0.0) for r in reference_ids))
         # DESIGN §4: a lesion overlapping a reference lesion is never new; one overlapping none is
         # new only when the joint volumes agree (else the reference segmentation missed it)
-        if not reference_ids and v_r <= rules.new_reference_fraction * v_f and new_change > 0:
+        if not reference_ids and not joint_reference and v_r <= rules.new_reference_fraction * v_f \
+                and new_change > 0:
             status = "new"
         elif is_enlarged(v_f, v_r, rules) and change >= max(rules.growth_evidence_mm3,
                                                                rules.growth_evidence_fraction * (v_f - v_r)):
@@ -407,7 +468,9 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
             status = "shrinking"
         else:
             status = "stable"
-        if not segmented and status != "new":
+        if not segmented and status not in ("new", "enlarging"):
+            log.debug("candidate %d dropped (%s): %.0f mm3, joint %.1f vs %.1f mm3, increase %.0f mm3",
+                      lid, status, volume, v_f, v_r, change)
             labels[labels == lid] = 0     # a subtraction candidate that is not new is not a lesion
             continue
         voxels: tuple[int, ...] = ()

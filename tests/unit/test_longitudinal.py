@@ -156,6 +156,23 @@ def test_missed_by_segmentation_still_found_by_subtraction(pair):
     assert len(found) == 1 and not found[0].segmented
 
 
+def test_unsegmented_visits_still_give_new_and_enlarging(pair):
+    # a cross-sectional segmentation that finds nothing at either visit (e.g. a degenerate
+    # tissue model): the joint maps alone must still show the growth and the new lesion
+    follow, baseline, motion = pair
+    empty = np.zeros(follow.labels.shape, dtype=np.int32)
+    blind_f = Visit(follow.flair, follow.affine, follow.brain, empty)
+    blind_r = Visit(baseline.flair, baseline.affine, baseline.brain, np.zeros(baseline.labels.shape, np.int32))
+    changes, labels = compare_visits(blind_f, blind_r, motion, GAIN)
+    assert count_status(changes, "new") == 1
+    assert count_status(changes, "enlarging") == 1
+    assert all(not c.segmented for c in changes)
+    m = affine_matrix_lps(motion.GetInverse())
+    flip = np.diag([-1.0, -1.0, 1.0])
+    grown_world = flip @ (m[:3, :3] @ (flip @ (CENTRE + np.asarray(GROWING[0]))) + m[:3, 3])
+    assert _status_at(changes, labels, follow.affine, grown_world, "enlarging")
+
+
 def test_rescan_with_motion_and_drift_has_no_change():
     rng = np.random.default_rng(9)
     lesions = STABLE + [GROWING, SHRINKING, NEW]
@@ -167,6 +184,12 @@ def test_rescan_with_motion_and_drift_has_no_change():
     assert count_status(changes, "new") == 0
     assert count_status(changes, "enlarging") == 0
     assert count_status(changes, "shrinking") == 0
+    # nor without any segmented lesion (every lesion is then judged on the joint maps alone)
+    blind_a = Visit(a.flair, a.affine, a.brain, np.zeros(a.labels.shape, np.int32))
+    blind_b = Visit(b.flair, b.affine, b.brain, np.zeros(b.labels.shape, np.int32))
+    changes, _ = compare_visits(blind_b, blind_a, motion, GAIN)
+    assert count_status(changes, "new") == 0
+    assert count_status(changes, "enlarging") == 0
 
 
 def test_identity_resampling_sanity():
