@@ -82,7 +82,7 @@ class ChangeRules:
     edge_mm: float = 3.0
     subtraction_z: float = 4.0
     subtraction_low_z: float = 2.5
-    hyperintensity_z: float = 1.0
+    hyperintensity_z: float = 0.5
     fraction_floor_z: float = 1.0
     joint_lesion_z: float = 2.0
     new_reference_fraction: float = 0.35

@@ -7,7 +7,8 @@ and :mod:`msimaging.enhancing`):
 * phantoms (``msimaging.phantom``): lesion-wise recall of new and enlarging lesions vs baseline,
   false new lesions per visit pair, Gd+ recall and false Gd+ lesions per scan, and the new /
   enlarging counts of a scan-rescan pair (expected 0);
-* the real patient ``ms-longitudinal/sub-p12`` (held out, never tuned on): lesion-wise F1 of the
+* the real patient ``ms-longitudinal/sub-p12`` (a development case: ``change.hyperintensity_z`` was
+  lowered to 0.5 after inspecting it, with the null pairs below as the check): lesion-wise F1 of the
   new + enlarging lesions against the reference change components where FLAIR brightens, and
   the counts for a re-positioned, re-interpolated copy of its baseline (expected 0).
 
@@ -163,8 +164,11 @@ def _estimated_xfm(fu, bl) -> sitk.Transform:
     return xfm
 
 
-def _gd_case(s, rules: LesionRules, cfg: dict) -> Detection:
-    """Gd+ detection of one phantom session (ce-T1w and T1w put on the reference grid by truth)."""
+def _gd_case(s, rules: LesionRules, cfg: dict, visit=None) -> Detection:
+    """Gd+ detection of one phantom session (ce-T1w and T1w put on the reference grid by truth).
+
+    ``visit`` is the session's prepared :class:`Visit` when already made (its FLAIR and lesions
+    are re-used rather than computed again)."""
     from msimaging import io
     from msimaging.enhancing import EnhancingRules, detect_enhancing
     from msimaging.geometry import read_transform
@@ -181,8 +185,11 @@ def _gd_case(s, rules: LesionRules, cfg: dict) -> Detection:
         corrected, _ = n4_bias_correct(data, aff, head)
         img = resample_array(corrected, aff, grid, read_transform(s.truth[f"xfm_{c}"]))
         on_ref[c] = standardise(img, brain)
-    prepared = prepare_flair(flair, affine, brain)
-    lesions = segment_visit(prepared, affine, brain, rules) > 0
+    if visit is not None:
+        prepared, lesions = visit.flair, visit.labels > 0
+    else:
+        prepared = prepare_flair(flair, affine, brain)
+        lesions = segment_visit(prepared, affine, brain, rules) > 0
     labels = detect_enhancing(on_ref["ceT1w"], on_ref["T1w"], affine, brain, EnhancingRules.from_config(cfg),
                               rules, t2_lesions=lesions, flair=prepared if s.reference == "FLAIR" else None)
     truth, _ = io.read_mask(str(s.truth["enhancing_mask"]))
@@ -212,7 +219,7 @@ def phantom_figures(work: Path, seeds: list[int], resolution: float, registratio
         bl = _session_visit(bl_s, rules, cache)
         for s in sub.sessions:
             if "enhancing_mask" in s.truth:
-                gd.add(_gd_case(s, rules, cfg))
+                gd.add(_gd_case(s, rules, cfg, _session_visit(s, rules, cache)))
                 scans += 1
         for s in sub.sessions[1:]:
             fu = _session_visit(s, rules, cache)
