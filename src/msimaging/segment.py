@@ -25,7 +25,7 @@ binary mask is exactly ``label_lesions(probability >= threshold)``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -61,6 +61,9 @@ class SegmentOptions:
     surface_mm: float = 2.0          # voxels within this distance of the brain surface ...
     max_surface_fraction: float = 0.5  # ... may be at most this fraction of a component
     max_csf_fraction: float = 0.5    # components mostly in CSF (prior) are dropped
+    min_lesion_prior: float = 0.0014  # components whose peak lesion frequency (MNI prior) is below are dropped
+    mirror_mm: float = 3.0           # contralateral reference: maximum of the mirrored FLAIR within this radius
+    min_mirror_z: float = 1.0        # components at most this many NAWM SDs above their mirror image are dropped
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "SegmentOptions":
@@ -77,11 +80,18 @@ class SegmentOptions:
 
 @dataclass(frozen=True)
 class TissuePriors:
-    """Template tissue probabilities on the session grid (float32, each 0..1)."""
+    """Template tissue probabilities on the session grid (float32, each 0..1).
+
+    ``lesion`` is the MNI lesion frequency map on the grid (:mod:`msimaging.lesion_prior`) and
+    ``mirror`` the session-to-session transform of the left-right mirror about the template's
+    midline (ITK resampling convention); both are None without a template transform.
+    """
 
     csf: np.ndarray
     gm: np.ndarray
     wm: np.ndarray
+    lesion: np.ndarray | None = None
+    mirror: sitk.Transform | None = None
 
     def stack(self) -> np.ndarray:
         return np.stack([self.csf, self.gm, self.wm], axis=-1)
@@ -105,12 +115,35 @@ def template_tissue_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     return csf, gm, wm, np.asarray(tpl.affine, dtype=float)
 
 
+def midline_mirror(template_to_session: sitk.Transform | None) -> sitk.Transform | None:
+    """Session -> session map of the left-right mirror about the template midline (x = 0).
+
+    ``template_to_session`` maps session points to template points (ITK resampling convention);
+    the mirror is its inverse after the flip, so resampling an image with it gives each point the
+    intensity of its contralateral homologue. None when the transform has no inverse.
+    """
+    if template_to_session is None:
+        return None
+    try:
+        inverse = template_to_session.GetInverse()
+    except RuntimeError:
+        return None
+    flip = sitk.AffineTransform(3)
+    flip.SetMatrix((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))  # x -> -x (LPS and RAS alike)
+    # ITK composite transforms apply the last added first: session -> template -> flip -> session
+    return sitk.CompositeTransform([inverse, flip, template_to_session])
+
+
 def tissue_priors(grid: Grid, template_to_session: sitk.Transform | None) -> TissuePriors:
-    """The template tissue maps on ``grid`` (``template_to_session`` in ITK resampling convention)."""
+    """The template tissue maps, lesion frequency map and midline mirror on ``grid``
+    (``template_to_session`` in ITK resampling convention)."""
+    from msimaging.lesion_prior import lesion_prior
+
     csf, gm, wm, affine = template_tissue_maps()
     maps = [np.clip(resample_array(m, affine, grid, template_to_session), 0.0, 1.0).astype(np.float32)
             for m in (csf, gm, wm)]
-    return TissuePriors(*maps)
+    return TissuePriors(*maps, lesion=lesion_prior(grid, template_to_session),
+                        mirror=midline_mirror(template_to_session))
 
 
 def flat_priors(shape: tuple[int, ...]) -> TissuePriors:
@@ -333,6 +366,26 @@ def pv_contrasts(excess: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def ball_footprint(affine: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Boolean ball of ``radius_mm`` in physical units on the (possibly anisotropic) grid."""
+    zooms = voxel_sizes(affine)
+    r = np.floor(radius_mm / zooms + 1e-6).astype(int)
+    g = np.indices(tuple(2 * r + 1)).astype(float)
+    d2 = sum(((g[i] - r[i]) * zooms[i]) ** 2 for i in range(3))
+    return d2 <= radius_mm ** 2 + 1e-6
+
+
+def mirror_reference(flair: np.ndarray, affine: np.ndarray, mirror: sitk.Transform, radius_mm: float
+                     ) -> np.ndarray:
+    """The brightest contralateral FLAIR near each voxel's mirror image (registration slack ``radius_mm``).
+
+    Normal FLAIR hyperintensities (corticospinal tracts, frontal horn caps, choroid plexus,
+    insular cortex) are bilaterally symmetric; MS lesions are brighter than their homologue.
+    """
+    mirrored = resample_array(np.asarray(flair, np.float32), affine, Grid(flair.shape, affine), mirror, "linear")
+    return ndi.maximum_filter(mirrored, footprint=ball_footprint(affine, radius_mm), mode="nearest")
+
+
 def _component_fractions(labels: np.ndarray, n: int, maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Mean of each map over each component 1..n."""
     idx = np.arange(1, n + 1)
@@ -386,6 +439,17 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
     reject = {"surface": fr["surface"] > options.max_surface_fraction,
               "cortex": fr["cortex"] > options.max_cortex_fraction,
               "csf": fr["csf"] > options.max_csf_fraction}
+    cidx = np.arange(1, m + 1)
+    if priors.lesion is not None and options.min_lesion_prior > 0:
+        # location: no patient of the lesion atlas has lesions anywhere near
+        fr["lesion_prior"] = np.asarray(ndi.maximum(priors.lesion, cand, cidx), dtype=float)
+        reject["prior"] = fr["lesion_prior"] < options.min_lesion_prior
+    if priors.mirror is not None and options.min_mirror_z > -np.inf and options.mirror_mm >= 0:
+        # symmetry: not brighter than the contralateral homologue (normal FLAIR hyperintensity)
+        s_wm = float(ev.figures.get("flair_wm_sd", 1.0))
+        zm = (f - mirror_reference(f, affine, priors.mirror, options.mirror_mm)) / max(s_wm, 1e-6)
+        fr["mirror_z"] = np.asarray(ndi.median(zm, cand, cidx), dtype=float)
+        reject["mirror"] = fr["mirror_z"] <= options.min_mirror_z
     keep = ~np.any(np.stack(list(reject.values())), axis=0)
     figures.update({f"removed_{k}": int(v.sum()) for k, v in reject.items()})
     figures["_components"] = dict(labels=cand, keep=keep, **fr)
@@ -438,8 +502,8 @@ def segment_lesions(images: Mapping[str, np.ndarray], affine: np.ndarray, brain:
     used.update({c: np.asarray(images[c], dtype=np.float32) for c in MODEL_CONTRASTS
                  if c in images and c != hyper})
     if options.prior_smoothing_mm > 0:
-        priors = TissuePriors(*(smooth_mm(m, affine, options.prior_smoothing_mm)
-                                for m in (priors.csf, priors.gm, priors.wm)))
+        priors = replace(priors, **{k: smooth_mm(getattr(priors, k), affine, options.prior_smoothing_mm)
+                                    for k in CLASSES})
     ev = tissue_evidence(used, affine, brain, priors, options, hyper=hyper)
     prob, figures = detect_lesions(used[hyper], affine, brain, ev, priors, options)
     figures.pop("_components", None)
