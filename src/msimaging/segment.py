@@ -62,6 +62,7 @@ class SegmentOptions:
     max_surface_fraction: float = 0.5  # ... may be at most this fraction of a component
     max_csf_fraction: float = 0.5    # components mostly in CSF (prior) are dropped
     min_lesion_prior: float = 0.0014  # components whose peak lesion frequency (MNI prior) is below are dropped
+    max_gm_posterior: float = 0.9    # components this GM-like on T1w/T2w (mean posterior) are dropped
     mirror_mm: float = 3.0           # contralateral reference: maximum of the mirrored FLAIR within this radius
     min_mirror_z: float = 1.0        # components at most this many NAWM SDs above their mirror image are dropped
 
@@ -274,6 +275,7 @@ class Evidence:
     z_gm: np.ndarray       # FLAIR above local GM, in GM SDs
     nawm: np.ndarray       # local NAWM FLAIR intensity
     post: np.ndarray       # (X, Y, Z, 3) tissue posteriors CSF, GM, WM (0 outside the brain)
+    multi_contrast: bool = False  # the posteriors come from contrasts other than the hyperintense one
     figures: dict[str, float] = field(default_factory=dict)
 
 
@@ -317,7 +319,8 @@ def tissue_evidence(images: Mapping[str, np.ndarray], affine: np.ndarray, brain:
     z_gm = np.where(brain, (flair - ngm) / s_gm, 0.0).astype(np.float32)
     figures = {"flair_wm_median": m_wm, "flair_wm_sd": s_wm, "flair_gm_median": m_gm, "flair_gm_sd": s_gm,
                "flair_csf_median": stats["csf"][0]}
-    return Evidence(z_wm=z_wm, z_gm=z_gm, nawm=nawm, post=post_img, figures=figures)
+    return Evidence(z_wm=z_wm, z_gm=z_gm, nawm=nawm, post=post_img, figures=figures,
+                    multi_contrast=hyper not in names)
 
 
 def conditional_grow(seeds: np.ndarray, allowed: np.ndarray, steps: int) -> np.ndarray:
@@ -440,6 +443,11 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
               "cortex": fr["cortex"] > options.max_cortex_fraction,
               "csf": fr["csf"] > options.max_csf_fraction}
     cidx = np.arange(1, m + 1)
+    if ev.multi_contrast and options.max_gm_posterior < 1.0:
+        # grey matter on T1w/T2w: FLAIR-bright cortex and deep GM, not a WM lesion (lesions are
+        # T1w-darker and T2w-brighter than GM, so the tissue model calls them CSF or WM)
+        fr["gm_posterior"] = np.asarray(ndi.mean(ev.post[..., 1], cand, cidx), dtype=float)
+        reject["gm_like"] = fr["gm_posterior"] > options.max_gm_posterior
     if priors.lesion is not None and options.min_lesion_prior > 0:
         # location: no patient of the lesion atlas has lesions anywhere near
         fr["lesion_prior"] = np.asarray(ndi.maximum(priors.lesion, cand, cidx), dtype=float)
