@@ -56,7 +56,8 @@ class SegmentOptions:
     grow_z_wm: float = 2.0           # growth: FLAIR above local NAWM by at least this ...
     grow_mm: float = 2.0             # ... within this distance of a seed ...
     pv_fraction: float = 0.55        # ... and lesion fraction >= this (partial volume border)
-    contrast_method: str = "core"    # lesion contrast: "core" (seeds' 90th percentile) or "integral"
+    contrast_method: str = "core"    # lesion contrast: "core" (a percentile of its seeds) or "integral"
+    core_percentile: float = 90.0    # percentile of the seeds' FLAIR taken as the lesion core intensity
     max_cortex_fraction: float = 0.5  # components mostly in cortex are dropped
     surface_mm: float = 2.0          # voxels within this distance of the brain surface ...
     max_surface_fraction: float = 0.5  # ... may be at most this fraction of a component
@@ -418,7 +419,8 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
     # partial volume: lesion fraction between local NAWM and the seeds' core intensity
     idx = np.arange(1, n + 1)
     seed_labels = np.where(seeds, labels, 0)
-    core = np.asarray(ndi.labeled_comprehension(f, seed_labels, idx, lambda v: np.percentile(v, 90),
+    pct = options.core_percentile
+    core = np.asarray(ndi.labeled_comprehension(f, seed_labels, idx, lambda v: np.percentile(v, pct),
                                                 np.float32, 0), dtype=np.float32)
     excess = (f - ev.nawm).astype(np.float32)
     contrast = np.zeros(n + 1, np.float32)
