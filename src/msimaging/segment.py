@@ -57,6 +57,7 @@ class SegmentOptions:
     grow_mm: float = 2.0             # ... within this distance of a seed ...
     pv_fraction: float = 0.55        # ... and lesion fraction >= this (partial volume border)
     contrast_method: str = "core"    # lesion contrast: "core" (a percentile of its seeds) or "integral"
+    core_noise_correction: bool = True  # remove the noise bias of that percentile from the core
     core_percentile: float = 90.0    # percentile of the seeds' FLAIR taken as the lesion core intensity
     max_cortex_fraction: float = 0.5  # components mostly in cortex are dropped
     surface_mm: float = 2.0          # voxels within this distance of the brain surface ...
@@ -265,6 +266,27 @@ def robust_stats(values: np.ndarray) -> tuple[float, float]:
     return med, max(1.4826 * float(np.median(np.abs(v - med))), 1e-6)
 
 
+def noise_sd(data: np.ndarray, region: np.ndarray) -> float:
+    """Voxel noise SD: robust SD of neighbour differences inside ``region`` over sqrt(2).
+
+    The smallest over the three axes is taken (the axis with the least anatomy between
+    neighbours, e.g. in-plane on thick-slice grids). Unlike the tissue SD this excludes anatomy.
+    """
+    a = np.asarray(data, dtype=np.float32)
+    sds = []
+    for ax in range(3):
+        if a.shape[ax] < 2:
+            continue
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+        both = region[tuple(lo)] & region[tuple(hi)]
+        if both.sum() >= 50:
+            d = (a[tuple(hi)] - a[tuple(lo)])[both]
+            sds.append(robust_stats(d)[1] / np.sqrt(2.0))
+    return float(min(sds)) if sds else 0.0
+
+
 # --- lesion detection --------------------------------------------------------------------------
 
 
@@ -318,8 +340,10 @@ def tissue_evidence(images: Mapping[str, np.ndarray], affine: np.ndarray, brain:
     ngm = local_mean(flair, weights["gm"], affine, options.local_sigma_mm, m_gm)
     z_wm = np.where(brain, (flair - nawm) / s_wm, 0.0).astype(np.float32)
     z_gm = np.where(brain, (flair - ngm) / s_gm, 0.0).astype(np.float32)
+    wm_img = np.zeros(brain.shape, bool)
+    wm_img[brain] = post[:, CLASSES.index("wm")] > 0.9
     figures = {"flair_wm_median": m_wm, "flair_wm_sd": s_wm, "flair_gm_median": m_gm, "flair_gm_sd": s_gm,
-               "flair_csf_median": stats["csf"][0]}
+               "flair_csf_median": stats["csf"][0], "flair_noise_sd": noise_sd(flair, wm_img)}
     return Evidence(z_wm=z_wm, z_gm=z_gm, nawm=nawm, post=post_img, figures=figures,
                     multi_contrast=hyper not in names)
 
@@ -428,6 +452,14 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
         contrast[1:] = pv_contrasts(excess, labels, n)
     else:
         contrast[1:] = core - np.asarray(ndi.mean(ev.nawm, seed_labels, idx), dtype=np.float32)
+        if options.core_noise_correction:
+            # seeds are selected for being bright: a percentile of them over-states the lesion's
+            # core by that percentile of the voxel noise (winner's curse), which shrinks lesions
+            # whose contrast is a few noise SDs (real lesions more than phantoms)
+            from scipy.stats import norm
+
+            bias = float(norm.ppf(min(max(pct / 100.0, 0.5), 0.999))) * float(ev.figures.get("flair_noise_sd", 0.0))
+            contrast[1:] = np.maximum(contrast[1:] - bias, 1e-6)
     frac = np.where(labels > 0, excess / np.maximum(contrast[labels], 1e-6), 0.0).astype(np.float32)
     lesion = (labels > 0) & (frac >= options.pv_fraction)
     cand, m = ndi.label(lesion, structure=CONNECTIVITY)
