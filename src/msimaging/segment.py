@@ -15,8 +15,14 @@ The method, in the order it runs (every threshold is a ``lesions:`` config key):
 4. **Seeds and growth.** Confident voxels (``z_gm >= seed_z_gm``) seed lesions; each seed's
    component grows over connected voxels whose lesion fraction (partial volume between local
    NAWM and the lesion's own core intensity) is at least ``pv_fraction``.
+   The core (a percentile of the seeds) is corrected for the voxel noise it was selected on.
 5. **False-positive removal.** Components mostly in cortex, on the brain surface, or in CSF
-   (choroid plexus, septum, flow artefacts) are removed.
+   (choroid plexus, septum, flow artefacts) are removed, and (with a template transform) those
+   (a) not brighter than their contralateral homologue (mirror about the template midline:
+   normal FLAIR hyperintensities such as the corticospinal tracts and frontal horn caps are
+   bilaterally symmetric), (b) where the MNI lesion frequency of 27 other patients
+   (:mod:`msimaging.lesion_prior`) is negligible, and (c) with T1w/T2w, those the tissue model
+   calls grey matter (FLAIR-bright cortex and deep grey matter).
 
 The probability map is the voxel lesion fraction times the component's plausibility, so the
 binary mask is exactly ``label_lesions(probability >= threshold)``.
