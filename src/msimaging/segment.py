@@ -72,6 +72,7 @@ class SegmentOptions:
     min_lesion_prior: float = 0.0014  # components whose peak lesion frequency (MNI prior) is below are dropped
     max_gm_posterior: float = 0.9    # components this GM-like on T1w/T2w (mean posterior) are dropped
     mirror_mm: float = 3.0           # contralateral reference: maximum of the mirrored FLAIR within this radius
+    mirror_exempt_z_gm: float = 4.0  # ... unless their median FLAIR is this many GM SDs above local GM
     min_mirror_z: float = 1.0        # components at most this many NAWM SDs above their mirror image are dropped
 
     @classmethod
@@ -348,6 +349,8 @@ def tissue_evidence(images: Mapping[str, np.ndarray], affine: np.ndarray, brain:
     z_gm = np.where(brain, (flair - ngm) / s_gm, 0.0).astype(np.float32)
     wm_img = np.zeros(brain.shape, bool)
     wm_img[brain] = post[:, CLASSES.index("wm")] > 0.9
+    if wm_img.sum() < 1000:  # no confident WM (flat priors, FLAIR alone): the whole brain
+        wm_img = brain
     figures = {"flair_wm_median": m_wm, "flair_wm_sd": s_wm, "flair_gm_median": m_gm, "flair_gm_sd": s_gm,
                "flair_csf_median": stats["csf"][0], "flair_noise_sd": noise_sd(flair, wm_img)}
     return Evidence(z_wm=z_wm, z_gm=z_gm, nawm=nawm, post=post_img, figures=figures,
@@ -497,7 +500,10 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
         s_wm = float(ev.figures.get("flair_wm_sd", 1.0))
         zm = (f - mirror_reference(f, affine, priors.mirror, options.mirror_mm)) / max(s_wm, 1e-6)
         fr["mirror_z"] = np.asarray(ndi.median(zm, cand, cidx), dtype=float)
-        reject["mirror"] = fr["mirror_z"] <= options.min_mirror_z
+        # ... unless far brighter than any normal grey matter: normal anatomy is never that bright,
+        # bilateral lesion pairs (common around the ventricles) are
+        fr["z_gm"] = np.asarray(ndi.median(ev.z_gm, cand, cidx), dtype=float)
+        reject["mirror"] = (fr["mirror_z"] <= options.min_mirror_z) & (fr["z_gm"] < options.mirror_exempt_z_gm)
     keep = ~np.any(np.stack(list(reject.values())), axis=0)
     figures.update({f"removed_{k}": int(v.sum()) for k, v in reject.items()})
     figures["_components"] = dict(labels=cand, keep=keep, **fr)

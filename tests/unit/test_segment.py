@@ -140,27 +140,31 @@ def test_midline_mirror_gives_each_voxel_its_contralateral_homologue():
     assert ref[10, 10, 5] == ref[11, 10, 5] == pytest.approx(1.0)  # slack of 2 mm = 1 voxel
 
 
-def test_symmetric_hyperintensities_are_not_lesions():
+def test_symmetric_hyperintensities_are_not_lesions_unless_far_above_grey_matter():
     import SimpleITK as sitk
+    from dataclasses import replace
 
     aff = _centred_affine((64, 64, 24), (2.0, 2.0, 4.0))
     flair, brain, truth = _synthetic_brain(aff)
     zooms = np.array([2.0, 2.0, 4.0])
     mm = (np.indices(flair.shape).T - (np.array(flair.shape) - 1) / 2).T * zooms[:, None, None, None]
     pair = np.zeros(flair.shape, bool)
-    for x in (-22.0, 22.0):                             # a bilateral (normal) hyperintensity
+    for x in (-22.0, 22.0):                             # a bilateral hyperintensity
         pair |= np.sqrt((mm[0] - x) ** 2 + (mm[1] + 20) ** 2 + (mm[2] + 8) ** 2) <= 5.0
     flair = np.where(pair, 1.9, flair).astype(np.float32)
     flat = flat_priors(brain.shape)
+    mirrored = replace(flat, mirror=midline_mirror(sitk.AffineTransform(3)))
     opts = SegmentOptions(max_cortex_fraction=1.0, max_csf_fraction=1.0)
     without = segment_lesions({"FLAIR": flair}, aff, brain, flat, opts)
     assert lesion_agreement(without.labels > 0, truth | pair, aff).pred_count == 4
-    from dataclasses import replace
-
-    with_mirror = segment_lesions({"FLAIR": flair}, aff, brain, replace(flat, mirror=midline_mirror(
-        sitk.AffineTransform(3))), opts)
-    a = lesion_agreement(with_mirror.labels > 0, truth, aff)
+    # the mirror rule alone removes the symmetric pair and keeps the asymmetric lesions
+    strict = segment_lesions({"FLAIR": flair}, aff, brain, mirrored, replace(opts, mirror_exempt_z_gm=np.inf))
+    a = lesion_agreement(strict.labels > 0, truth, aff)
     assert (a.pred_count, a.detected_truth) == (2, 2) and a.dice >= 0.75
+    # ... but a pair this far above grey matter is no normal anatomy: bilateral lesions are kept
+    kept = segment_lesions({"FLAIR": flair}, aff, brain, mirrored, opts)
+    assert lesion_agreement(kept.labels > 0, truth | pair, aff).pred_count == 4
+    assert strict.figures["removed_mirror"] == 2 and kept.figures["removed_mirror"] == 0
 
 
 def test_bundled_lesion_prior_is_periventricular_and_symmetric():
