@@ -15,8 +15,14 @@ The method, in the order it runs (every threshold is a ``lesions:`` config key):
 4. **Seeds and growth.** Confident voxels (``z_gm >= seed_z_gm``) seed lesions; each seed's
    component grows over connected voxels whose lesion fraction (partial volume between local
    NAWM and the lesion's own core intensity) is at least ``pv_fraction``.
+   The core (a percentile of the seeds) is corrected for the voxel noise it was selected on.
 5. **False-positive removal.** Components mostly in cortex, on the brain surface, or in CSF
-   (choroid plexus, septum, flow artefacts) are removed.
+   (choroid plexus, septum, flow artefacts) are removed, and (with a template transform) those
+   (a) not brighter than their contralateral homologue (mirror about the template midline:
+   normal FLAIR hyperintensities such as the corticospinal tracts and frontal horn caps are
+   bilaterally symmetric), (b) where the MNI lesion frequency of 27 other patients
+   (:mod:`msimaging.lesion_prior`) is negligible, and (c) with T1w/T2w, those the tissue model
+   calls grey matter (FLAIR-bright cortex and deep grey matter).
 
 The probability map is the voxel lesion fraction times the component's plausibility, so the
 binary mask is exactly ``label_lesions(probability >= threshold)``.
@@ -25,7 +31,7 @@ binary mask is exactly ``label_lesions(probability >= threshold)``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -56,11 +62,18 @@ class SegmentOptions:
     grow_z_wm: float = 2.0           # growth: FLAIR above local NAWM by at least this ...
     grow_mm: float = 2.0             # ... within this distance of a seed ...
     pv_fraction: float = 0.55        # ... and lesion fraction >= this (partial volume border)
-    contrast_method: str = "core"    # lesion contrast: "core" (seeds' 90th percentile) or "integral"
+    contrast_method: str = "core"    # lesion contrast: "core" (a percentile of its seeds) or "integral"
+    core_noise_correction: bool = True  # remove the noise bias of that percentile from the core
+    core_percentile: float = 90.0    # percentile of the seeds' FLAIR taken as the lesion core intensity
     max_cortex_fraction: float = 0.5  # components mostly in cortex are dropped
     surface_mm: float = 2.0          # voxels within this distance of the brain surface ...
     max_surface_fraction: float = 0.5  # ... may be at most this fraction of a component
     max_csf_fraction: float = 0.5    # components mostly in CSF (prior) are dropped
+    min_lesion_prior: float = 0.0014  # components whose peak lesion frequency (MNI prior) is below are dropped
+    max_gm_posterior: float = 0.9    # components this GM-like on T1w/T2w (mean posterior) are dropped
+    mirror_mm: float = 3.0           # contralateral reference: maximum of the mirrored FLAIR within this radius
+    mirror_exempt_z_gm: float = 4.0  # ... unless their median FLAIR is this many GM SDs above local GM
+    min_mirror_z: float = 1.0        # components at most this many NAWM SDs above their mirror image are dropped
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "SegmentOptions":
@@ -77,11 +90,18 @@ class SegmentOptions:
 
 @dataclass(frozen=True)
 class TissuePriors:
-    """Template tissue probabilities on the session grid (float32, each 0..1)."""
+    """Template tissue probabilities on the session grid (float32, each 0..1).
+
+    ``lesion`` is the MNI lesion frequency map on the grid (:mod:`msimaging.lesion_prior`) and
+    ``mirror`` the session-to-session transform of the left-right mirror about the template's
+    midline (ITK resampling convention); both are None without a template transform.
+    """
 
     csf: np.ndarray
     gm: np.ndarray
     wm: np.ndarray
+    lesion: np.ndarray | None = None
+    mirror: sitk.Transform | None = None
 
     def stack(self) -> np.ndarray:
         return np.stack([self.csf, self.gm, self.wm], axis=-1)
@@ -105,12 +125,35 @@ def template_tissue_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     return csf, gm, wm, np.asarray(tpl.affine, dtype=float)
 
 
+def midline_mirror(template_to_session: sitk.Transform | None) -> sitk.Transform | None:
+    """Session -> session map of the left-right mirror about the template midline (x = 0).
+
+    ``template_to_session`` maps session points to template points (ITK resampling convention);
+    the mirror is its inverse after the flip, so resampling an image with it gives each point the
+    intensity of its contralateral homologue. None when the transform has no inverse.
+    """
+    if template_to_session is None:
+        return None
+    try:
+        inverse = template_to_session.GetInverse()
+    except RuntimeError:
+        return None
+    flip = sitk.AffineTransform(3)
+    flip.SetMatrix((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))  # x -> -x (LPS and RAS alike)
+    # ITK composite transforms apply the last added first: session -> template -> flip -> session
+    return sitk.CompositeTransform([inverse, flip, template_to_session])
+
+
 def tissue_priors(grid: Grid, template_to_session: sitk.Transform | None) -> TissuePriors:
-    """The template tissue maps on ``grid`` (``template_to_session`` in ITK resampling convention)."""
+    """The template tissue maps, lesion frequency map and midline mirror on ``grid``
+    (``template_to_session`` in ITK resampling convention)."""
+    from msimaging.lesion_prior import lesion_prior
+
     csf, gm, wm, affine = template_tissue_maps()
     maps = [np.clip(resample_array(m, affine, grid, template_to_session), 0.0, 1.0).astype(np.float32)
             for m in (csf, gm, wm)]
-    return TissuePriors(*maps)
+    return TissuePriors(*maps, lesion=lesion_prior(grid, template_to_session),
+                        mirror=midline_mirror(template_to_session))
 
 
 def flat_priors(shape: tuple[int, ...]) -> TissuePriors:
@@ -230,6 +273,27 @@ def robust_stats(values: np.ndarray) -> tuple[float, float]:
     return med, max(1.4826 * float(np.median(np.abs(v - med))), 1e-6)
 
 
+def noise_sd(data: np.ndarray, region: np.ndarray) -> float:
+    """Voxel noise SD: robust SD of neighbour differences inside ``region`` over sqrt(2).
+
+    The smallest over the three axes is taken (the axis with the least anatomy between
+    neighbours, e.g. in-plane on thick-slice grids). Unlike the tissue SD this excludes anatomy.
+    """
+    a = np.asarray(data, dtype=np.float32)
+    sds = []
+    for ax in range(3):
+        if a.shape[ax] < 2:
+            continue
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+        both = region[tuple(lo)] & region[tuple(hi)]
+        if both.sum() >= 50:
+            d = (a[tuple(hi)] - a[tuple(lo)])[both]
+            sds.append(robust_stats(d)[1] / np.sqrt(2.0))
+    return float(min(sds)) if sds else 0.0
+
+
 # --- lesion detection --------------------------------------------------------------------------
 
 
@@ -241,6 +305,7 @@ class Evidence:
     z_gm: np.ndarray       # FLAIR above local GM, in GM SDs
     nawm: np.ndarray       # local NAWM FLAIR intensity
     post: np.ndarray       # (X, Y, Z, 3) tissue posteriors CSF, GM, WM (0 outside the brain)
+    multi_contrast: bool = False  # the posteriors come from contrasts other than the hyperintense one
     figures: dict[str, float] = field(default_factory=dict)
 
 
@@ -282,9 +347,14 @@ def tissue_evidence(images: Mapping[str, np.ndarray], affine: np.ndarray, brain:
     ngm = local_mean(flair, weights["gm"], affine, options.local_sigma_mm, m_gm)
     z_wm = np.where(brain, (flair - nawm) / s_wm, 0.0).astype(np.float32)
     z_gm = np.where(brain, (flair - ngm) / s_gm, 0.0).astype(np.float32)
+    wm_img = np.zeros(brain.shape, bool)
+    wm_img[brain] = post[:, CLASSES.index("wm")] > 0.9
+    if wm_img.sum() < 1000:  # no confident WM (flat priors, FLAIR alone): the whole brain
+        wm_img = brain
     figures = {"flair_wm_median": m_wm, "flair_wm_sd": s_wm, "flair_gm_median": m_gm, "flair_gm_sd": s_gm,
-               "flair_csf_median": stats["csf"][0]}
-    return Evidence(z_wm=z_wm, z_gm=z_gm, nawm=nawm, post=post_img, figures=figures)
+               "flair_csf_median": stats["csf"][0], "flair_noise_sd": noise_sd(flair, wm_img)}
+    return Evidence(z_wm=z_wm, z_gm=z_gm, nawm=nawm, post=post_img, figures=figures,
+                    multi_contrast=hyper not in names)
 
 
 def conditional_grow(seeds: np.ndarray, allowed: np.ndarray, steps: int) -> np.ndarray:
@@ -333,6 +403,26 @@ def pv_contrasts(excess: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def ball_footprint(affine: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Boolean ball of ``radius_mm`` in physical units on the (possibly anisotropic) grid."""
+    zooms = voxel_sizes(affine)
+    r = np.floor(radius_mm / zooms + 1e-6).astype(int)
+    g = np.indices(tuple(2 * r + 1)).astype(float)
+    d2 = sum(((g[i] - r[i]) * zooms[i]) ** 2 for i in range(3))
+    return d2 <= radius_mm ** 2 + 1e-6
+
+
+def mirror_reference(flair: np.ndarray, affine: np.ndarray, mirror: sitk.Transform, radius_mm: float
+                     ) -> np.ndarray:
+    """The brightest contralateral FLAIR near each voxel's mirror image (registration slack ``radius_mm``).
+
+    Normal FLAIR hyperintensities (corticospinal tracts, frontal horn caps, choroid plexus,
+    insular cortex) are bilaterally symmetric; MS lesions are brighter than their homologue.
+    """
+    mirrored = resample_array(np.asarray(flair, np.float32), affine, Grid(flair.shape, affine), mirror, "linear")
+    return ndi.maximum_filter(mirrored, footprint=ball_footprint(affine, radius_mm), mode="nearest")
+
+
 def _component_fractions(labels: np.ndarray, n: int, maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Mean of each map over each component 1..n."""
     idx = np.arange(1, n + 1)
@@ -362,7 +452,8 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
     # partial volume: lesion fraction between local NAWM and the seeds' core intensity
     idx = np.arange(1, n + 1)
     seed_labels = np.where(seeds, labels, 0)
-    core = np.asarray(ndi.labeled_comprehension(f, seed_labels, idx, lambda v: np.percentile(v, 90),
+    pct = options.core_percentile
+    core = np.asarray(ndi.labeled_comprehension(f, seed_labels, idx, lambda v: np.percentile(v, pct),
                                                 np.float32, 0), dtype=np.float32)
     excess = (f - ev.nawm).astype(np.float32)
     contrast = np.zeros(n + 1, np.float32)
@@ -370,6 +461,14 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
         contrast[1:] = pv_contrasts(excess, labels, n)
     else:
         contrast[1:] = core - np.asarray(ndi.mean(ev.nawm, seed_labels, idx), dtype=np.float32)
+        if options.core_noise_correction:
+            # seeds are selected for being bright: a percentile of them over-states the lesion's
+            # core by that percentile of the voxel noise (winner's curse), which shrinks lesions
+            # whose contrast is a few noise SDs (real lesions more than phantoms)
+            from scipy.stats import norm
+
+            bias = float(norm.ppf(min(max(pct / 100.0, 0.5), 0.999))) * float(ev.figures.get("flair_noise_sd", 0.0))
+            contrast[1:] = np.maximum(contrast[1:] - bias, 1e-6)
     frac = np.where(labels > 0, excess / np.maximum(contrast[labels], 1e-6), 0.0).astype(np.float32)
     lesion = (labels > 0) & (frac >= options.pv_fraction)
     cand, m = ndi.label(lesion, structure=CONNECTIVITY)
@@ -386,6 +485,25 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
     reject = {"surface": fr["surface"] > options.max_surface_fraction,
               "cortex": fr["cortex"] > options.max_cortex_fraction,
               "csf": fr["csf"] > options.max_csf_fraction}
+    cidx = np.arange(1, m + 1)
+    if ev.multi_contrast and options.max_gm_posterior < 1.0:
+        # grey matter on T1w/T2w: FLAIR-bright cortex and deep GM, not a WM lesion (lesions are
+        # T1w-darker and T2w-brighter than GM, so the tissue model calls them CSF or WM)
+        fr["gm_posterior"] = np.asarray(ndi.mean(ev.post[..., 1], cand, cidx), dtype=float)
+        reject["gm_like"] = fr["gm_posterior"] > options.max_gm_posterior
+    if priors.lesion is not None and options.min_lesion_prior > 0:
+        # location: no patient of the lesion atlas has lesions anywhere near
+        fr["lesion_prior"] = np.asarray(ndi.maximum(priors.lesion, cand, cidx), dtype=float)
+        reject["prior"] = fr["lesion_prior"] < options.min_lesion_prior
+    if priors.mirror is not None and options.min_mirror_z > -np.inf and options.mirror_mm >= 0:
+        # symmetry: not brighter than the contralateral homologue (normal FLAIR hyperintensity)
+        s_wm = float(ev.figures.get("flair_wm_sd", 1.0))
+        zm = (f - mirror_reference(f, affine, priors.mirror, options.mirror_mm)) / max(s_wm, 1e-6)
+        fr["mirror_z"] = np.asarray(ndi.median(zm, cand, cidx), dtype=float)
+        # ... unless far brighter than any normal grey matter: normal anatomy is never that bright,
+        # bilateral lesion pairs (common around the ventricles) are
+        fr["z_gm"] = np.asarray(ndi.median(ev.z_gm, cand, cidx), dtype=float)
+        reject["mirror"] = (fr["mirror_z"] <= options.min_mirror_z) & (fr["z_gm"] < options.mirror_exempt_z_gm)
     keep = ~np.any(np.stack(list(reject.values())), axis=0)
     figures.update({f"removed_{k}": int(v.sum()) for k, v in reject.items()})
     figures["_components"] = dict(labels=cand, keep=keep, **fr)
@@ -438,8 +556,8 @@ def segment_lesions(images: Mapping[str, np.ndarray], affine: np.ndarray, brain:
     used.update({c: np.asarray(images[c], dtype=np.float32) for c in MODEL_CONTRASTS
                  if c in images and c != hyper})
     if options.prior_smoothing_mm > 0:
-        priors = TissuePriors(*(smooth_mm(m, affine, options.prior_smoothing_mm)
-                                for m in (priors.csf, priors.gm, priors.wm)))
+        priors = replace(priors, **{k: smooth_mm(getattr(priors, k), affine, options.prior_smoothing_mm)
+                                    for k in CLASSES})
     ev = tissue_evidence(used, affine, brain, priors, options, hyper=hyper)
     prob, figures = detect_lesions(used[hyper], affine, brain, ev, priors, options)
     figures.pop("_components", None)

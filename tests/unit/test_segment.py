@@ -16,6 +16,9 @@ from msimaging.segment import (
     fit_tissue_model,
     flat_priors,
     hyper_contrast,
+    midline_mirror,
+    mirror_reference,
+    noise_sd,
     robust_stats,
     segment_lesions,
     smooth_mm,
@@ -107,6 +110,73 @@ def test_two_lesions_in_a_synthetic_brain_without_template():
     # the mask is exactly the lesions of the thresholded probability
     assert np.array_equal(seg.labels, label_lesions(seg.prob >= 0.5, aff))
     assert seg.prob.dtype == np.float32 and 0.0 <= seg.prob.min() and seg.prob.max() <= 1.0
+
+
+def test_noise_sd_ignores_anatomy_between_neighbours():
+    rng = np.random.default_rng(5)
+    ramp = np.linspace(0, 1, 40, dtype=np.float32)[:, None, None] * np.ones((40, 40, 10), np.float32)
+    img = ramp + rng.normal(0, 0.02, ramp.shape).astype(np.float32)
+    img[:, :, ::2] += 0.5  # thick-slice structure along z: the in-plane axes are used
+    assert noise_sd(img, np.ones(img.shape, bool)) == pytest.approx(0.02, rel=0.1)
+
+
+def _centred_affine(shape, zooms):
+    aff = np.diag([*zooms, 1.0])
+    aff[:3, 3] = -(np.asarray(shape) - 1) / 2 * np.asarray(zooms)
+    return aff
+
+
+def test_midline_mirror_gives_each_voxel_its_contralateral_homologue():
+    import SimpleITK as sitk
+
+    shape, zooms = (41, 21, 11), (2.0, 2.0, 2.0)
+    aff = _centred_affine(shape, zooms)
+    img = np.zeros(shape, np.float32)
+    img[30, 10, 5] = 1.0                                  # x = +18 mm
+    ident = sitk.AffineTransform(3)                       # session already in template space
+    mirrored = resample_array(img, aff, Grid(shape, aff), midline_mirror(ident), "linear")
+    assert mirrored[10, 10, 5] == pytest.approx(1.0) and mirrored[30, 10, 5] == pytest.approx(0.0)
+    ref = mirror_reference(img, aff, midline_mirror(ident), 2.0)
+    assert ref[10, 10, 5] == ref[11, 10, 5] == pytest.approx(1.0)  # slack of 2 mm = 1 voxel
+
+
+def test_symmetric_hyperintensities_are_not_lesions_unless_far_above_grey_matter():
+    import SimpleITK as sitk
+    from dataclasses import replace
+
+    aff = _centred_affine((64, 64, 24), (2.0, 2.0, 4.0))
+    flair, brain, truth = _synthetic_brain(aff)
+    zooms = np.array([2.0, 2.0, 4.0])
+    mm = (np.indices(flair.shape).T - (np.array(flair.shape) - 1) / 2).T * zooms[:, None, None, None]
+    pair = np.zeros(flair.shape, bool)
+    for x in (-22.0, 22.0):                             # a bilateral hyperintensity
+        pair |= np.sqrt((mm[0] - x) ** 2 + (mm[1] + 20) ** 2 + (mm[2] + 8) ** 2) <= 5.0
+    flair = np.where(pair, 1.9, flair).astype(np.float32)
+    flat = flat_priors(brain.shape)
+    mirrored = replace(flat, mirror=midline_mirror(sitk.AffineTransform(3)))
+    opts = SegmentOptions(max_cortex_fraction=1.0, max_csf_fraction=1.0)
+    without = segment_lesions({"FLAIR": flair}, aff, brain, flat, opts)
+    assert lesion_agreement(without.labels > 0, truth | pair, aff).pred_count == 4
+    # the mirror rule alone removes the symmetric pair and keeps the asymmetric lesions
+    strict = segment_lesions({"FLAIR": flair}, aff, brain, mirrored, replace(opts, mirror_exempt_z_gm=np.inf))
+    a = lesion_agreement(strict.labels > 0, truth, aff)
+    assert (a.pred_count, a.detected_truth) == (2, 2) and a.dice >= 0.75
+    # ... but a pair this far above grey matter is no normal anatomy: bilateral lesions are kept
+    kept = segment_lesions({"FLAIR": flair}, aff, brain, mirrored, opts)
+    assert lesion_agreement(kept.labels > 0, truth | pair, aff).pred_count == 4
+    assert strict.figures["removed_mirror"] == 2 and kept.figures["removed_mirror"] == 0
+
+
+def test_bundled_lesion_prior_is_periventricular_and_symmetric():
+    from msimaging.lesion_prior import frequency_map
+
+    freq, aff = frequency_map()
+
+    def at(p):
+        return float(freq[tuple(np.round(np.linalg.solve(aff[:3, :3], np.subtract(p, aff[:3, 3]))).astype(int))])
+
+    assert at((26, -40, 20)) > 0.05 and at((26, -40, 20)) == pytest.approx(at((-26, -40, 20)))
+    assert at((0, 60, 40)) < SegmentOptions().min_lesion_prior   # frontal pole outside the brain WM
 
 
 # --- phantoms with known truth ------------------------------------------------------------------
