@@ -37,7 +37,7 @@ browser:
 
 ## test: lint, then every test (unit, io, workflow end-to-end on phantoms, QC page in a browser)
 test: $(STAMP) lint browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 ## test-fast: unit and io tests only
 test-fast: $(STAMP)
