@@ -14,7 +14,8 @@ The method, in the order it runs (every threshold is a ``lesions:`` config key):
    standard deviations) and ``z_gm`` (above local GM in GM deviations).
 4. **Seeds and growth.** Confident voxels (``z_gm >= seed_z_gm``) seed lesions; each seed's
    component grows over connected voxels whose lesion fraction (partial volume between local
-   NAWM and the lesion's own core intensity) is at least ``pv_fraction``.
+   NAWM and the lesion's own core intensity) is at least ``pv_fraction``; within ``rim_mm`` of a
+   kept candidate, at least ``rim_fraction`` (half lesion: its rim, which expert masks include).
    The core (a percentile of the seeds) is corrected for the voxel noise it was selected on.
 5. **False-positive removal.** Components mostly in cortex, on the brain surface, or in CSF
    (choroid plexus, septum, flow artefacts) are removed, and (with a template transform) those
@@ -62,6 +63,8 @@ class SegmentOptions:
     grow_z_wm: float = 2.0           # growth: FLAIR above local NAWM by at least this ...
     grow_mm: float = 2.0             # ... within this distance of a seed ...
     pv_fraction: float = 0.55        # ... and lesion fraction >= this (partial volume border)
+    rim_fraction: float = 0.5        # rim of a kept lesion: lesion fraction >= this (half lesion) ...
+    rim_mm: float = 1.0              # ... within this distance of the candidate lesion (0: no rim)
     contrast_method: str = "core"    # lesion contrast: "core" (a percentile of its seeds) or "integral"
     core_noise_correction: bool = True  # remove the noise bias of that percentile from the core
     core_percentile: float = 90.0    # percentile of the seeds' FLAIR taken as the lesion core intensity
@@ -510,9 +513,15 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
     # each region voxel takes the decision of its nearest candidate lesion
     keep_lut = np.zeros(m + 1, np.float32)
     keep_lut[1:] = keep
-    nearest = ndi.distance_transform_edt(cand == 0, sampling=zooms, return_distances=False, return_indices=True)
+    dist, nearest = ndi.distance_transform_edt(cand == 0, sampling=zooms, return_distances=True,
+                                               return_indices=True)
     owner = cand[tuple(nearest)]
-    soft = 1.0 / (1.0 + np.exp(-(frac - options.pv_fraction) / 0.1))
+    # rim: next to a confirmed lesion a voxel that is at least half lesion belongs to it (the plain
+    # partial-volume boundary; pv_fraction's margin guards the forming of candidates against noise).
+    # Expert masks include the hyperintense rim (sub-p07: boundary near 0.4 of the contrast)
+    cut = np.where((dist > 0) & (dist <= options.rim_mm + 1e-6), np.float32(min(options.rim_fraction, options.pv_fraction)),
+                   np.float32(options.pv_fraction))
+    soft = 1.0 / (1.0 + np.exp(-(frac - cut) / 0.1))
     prob = np.where(labels > 0, soft * keep_lut[owner], 0.0).astype(np.float32)
     return prob, figures
 

@@ -112,6 +112,21 @@ def test_two_lesions_in_a_synthetic_brain_without_template():
     assert seg.prob.dtype == np.float32 and 0.0 <= seg.prob.min() and seg.prob.max() <= 1.0
 
 
+def test_the_rim_of_a_kept_lesion_takes_its_half_lesion_voxels_only_next_to_it():
+    aff = oblique_affine(zooms=(1.0, 1.0, 1.0))
+    flair, brain, truth = _synthetic_brain(aff)
+    opts = dict(max_cortex_fraction=1.0, max_csf_fraction=1.0)
+    plain = segment_lesions({"FLAIR": flair}, aff, brain, flat_priors(brain.shape),
+                            SegmentOptions(rim_mm=0.0, **opts)).labels > 0
+    rim = segment_lesions({"FLAIR": flair}, aff, brain, flat_priors(brain.shape),
+                          SegmentOptions(rim_mm=1.0, rim_fraction=0.4, **opts)).labels > 0
+    added = rim & ~plain
+    assert not (plain & ~rim).any() and added.any()
+    # one voxel (1 mm) around the lesions, no new lesions
+    assert not (added & ~ndi.binary_dilation(plain, ndi.generate_binary_structure(3, 1))).any()
+    assert label_lesions(rim, aff).max() == label_lesions(plain, aff).max() == 2
+
+
 def test_noise_sd_ignores_anatomy_between_neighbours():
     rng = np.random.default_rng(5)
     ramp = np.linspace(0, 1, 40, dtype=np.float32)[:, None, None] * np.ones((40, 40, 10), np.float32)
