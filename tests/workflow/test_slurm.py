@@ -67,10 +67,10 @@ def site_profile(dest: Path, partition: str) -> Path:
 
 @pytest.fixture(scope="module")
 def small_study(tmp_path_factory) -> Path:
-    """One 3 mm phantom subject, two visits, four contrasts, LPS headers."""
+    """One 4 mm phantom subject, two visits, four contrasts, LPS headers (small: CI time)."""
     root = tmp_path_factory.mktemp("slurm-study")
     masks = SHARED_DATA / "ms-lesion-masks"
-    make_study(root, PhantomOptions(subjects=1, sessions=2, resolution_mm=3.0, seed=3, orientation="LPS",
+    make_study(root, PhantomOptions(subjects=1, sessions=2, resolution_mm=4.0, seed=3, orientation="LPS",
                                     lesion_masks_dir=masks if masks.is_dir() else None))
     return root
 
