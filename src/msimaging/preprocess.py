@@ -7,7 +7,6 @@ they never touch files. File-level wrappers at the bottom are what the workflow 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -94,14 +93,15 @@ def fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
 
 
 def shrink_factors_for(affine: np.ndarray, spacing_mm: float) -> list[int]:
-    """Per-axis integer shrink factors that make voxels of at least ``spacing_mm`` where possible.
+    """Per-axis integer shrink factors that make voxels of about ``spacing_mm``.
 
-    A 0.72x0.72x3 mm grid at 5 mm gets factors (7, 7, 2): thick slices are not over-shrunk; a
-    4 mm grid gets 2 (8 mm fitting voxels: the field is smooth, and fitting it on every voxel of a
-    coarse grid costs ten times more for nothing).
+    A 0.72x0.72x3 mm grid at 5 mm gets factors (7, 7, 2): thick slices are not over-shrunk. An
+    axis finer than ``spacing_mm`` is shrunk at least twice: a 4 mm grid gets 2 (8 mm fitting
+    voxels; the field is smooth, and fitting it on every voxel of a coarse grid cost ten times
+    more for nothing).
     """
     zooms = voxel_sizes(affine)
-    return [int(max(1, math.ceil(spacing_mm / z - 1e-6))) for z in zooms]
+    return [int(max(1, round(spacing_mm / z), 2 if z < spacing_mm else 1)) for z in zooms]
 
 
 def n4_bias_correct(
