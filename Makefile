@@ -37,7 +37,7 @@ browser:
 
 ## test: lint, then every test (unit, io, workflow end-to-end on phantoms, QC page in a browser)
 test: $(STAMP) lint browser
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 ## test-fast: unit and io tests only
 test-fast: $(STAMP)

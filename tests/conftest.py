@@ -53,3 +53,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    """Whole-pipeline tests (tests/workflow) first, then the slow unit tests, then the rest (files kept whole).
+
+    ``make test`` runs two xdist workers: starting the longest work first lets them finish together
+    (a SLURM run collected last would otherwise run alone at the end). The sort is stable and the
+    same on every worker, as xdist requires.
+    """
+    def rank(item) -> int:
+        if item.nodeid.startswith("tests/workflow/"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
