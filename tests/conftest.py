@@ -58,9 +58,9 @@ def shared_data() -> Path:
 def pytest_collection_modifyitems(config, items):
     """Whole-pipeline tests (tests/workflow) first, then the slow unit tests, then the rest (files kept whole).
 
-    ``make test`` runs two xdist workers: starting the longest work first lets them finish together
-    (a SLURM run collected last would otherwise run alone at the end). The sort is stable and the
-    same on every worker, as xdist requires.
+    ``make test`` runs two xdist workers (``--dist loadfile``); handing out the long files first is
+    meant to let them finish together (measured: the SLURM file can still end up last). The sort is
+    stable and the same on every worker, as xdist requires.
     """
     def rank(item) -> int:
         if item.nodeid.startswith("tests/workflow/"):

@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from msimaging.geometry import from_sitk, to_sitk, voxel_sizes
+from msimaging.geometry import from_sitk, to_sitk, voxel_sizes, voxel_volume_mm3
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def brain_mask_morphological(data: np.ndarray, affine: np.ndarray, head: np.ndar
     tissue = (data > 0.6 * thr) & head
     # Erode until the skull lets go: the largest component left must be brain-sized. On coarse
     # (4 mm) grids a 4 mm erosion can leave brain and scalp joined through one voxel of skull.
-    vox_ml = float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    vox_ml = voxel_volume_mm3(affine) / 1000.0
     for radius in EROSION_RADII_MM:
         core = largest_component(erode_mm(tissue, radius, affine))
         if core.sum() * vox_ml <= MAX_BRAIN_CORE_ML:

@@ -28,10 +28,11 @@ def restore_logging(monkeypatch):
     give both back after each test (a leaked OMP_NUM_THREADS=1 would reach later subprocesses)."""
     from msimaging.runtime import THREAD_VARIABLES
 
-    for var in THREAD_VARIABLES:
-        monkeypatch.setenv(var, os.environ.get(var, ""))
-        if not os.environ[var]:
-            monkeypatch.delenv(var)
+    for var in THREAD_VARIABLES:  # recorded now, put back (or removed) by monkeypatch at teardown
+        if var in os.environ:
+            monkeypatch.setenv(var, os.environ[var])
+        else:
+            monkeypatch.delenv(var, raising=False)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
