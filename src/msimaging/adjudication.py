@@ -125,23 +125,30 @@ def session_inventory(subject: str, session: str, t2_labels: np.ndarray, lesion_
     """
     from msimaging.lesions import label_lesions, lesion_stats
 
+    from scipy import ndimage as ndi
+
     rows = {str(r["lesion_id"]): r for r in lesion_rows}
     gd_labels = label_lesions(gd_mask, affine, rules) if gd_mask is not None else None
+    t2_boxes = ndi.find_objects(np.asarray(t2_labels, dtype=np.int32))  # each lesion is looked at in its box
     out: list[InventoryLesion] = []
     for s in lesion_stats(t2_labels, affine):
         r = rows.get(str(s.lesion_id), {})
         overlaps: tuple[str, ...] = ()
         if gd_mask is not None and gd_labels is not None:
-            inside = t2_labels == s.lesion_id
-            ks = sorted(set(np.unique(gd_labels[inside]).tolist()) - {0})
+            box = t2_boxes[s.lesion_id - 1]
+            inside = t2_labels[box] == s.lesion_id
+            gd_box = gd_labels[box]
+            ks = sorted(set(np.unique(gd_box[inside]).tolist()) - {0})
             overlaps = tuple(gd_id(k) for k in ks)
-            if gd_mask[inside & (gd_labels == 0)].any():
+            if np.asarray(gd_mask)[box][inside & (gd_box == 0)].any():
                 overlaps += (gd_id(0),)
         out.append(InventoryLesion(subject, session, str(s.lesion_id), "T2", s.volume_mm3, s.centroid_ras_mm,
                                    _na(r.get("status")), _na(r.get("status_vs_previous")), overlaps))
     if gd_labels is not None:
+        gd_boxes = ndi.find_objects(gd_labels)
         for s in lesion_stats(gd_labels, affine):
-            ts = sorted(set(np.unique(t2_labels[gd_labels == s.lesion_id]).tolist()) - {0})
+            box = gd_boxes[s.lesion_id - 1]
+            ts = sorted(set(np.unique(t2_labels[box][gd_labels[box] == s.lesion_id]).tolist()) - {0})
             out.append(InventoryLesion(subject, session, gd_id(s.lesion_id), "Gd", s.volume_mm3, s.centroid_ras_mm,
                                        overlaps=tuple(str(t) for t in ts)))
     return out

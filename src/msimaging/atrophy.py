@@ -53,6 +53,7 @@ from msimaging.geometry import (
     voxel_sizes,
     voxel_volume_mm3,
 )
+from msimaging.morphology import dilate_mm, erode_mm
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,6 @@ def options_from_config(cfg: dict[str, Any]) -> AtrophyOptions:
 
 
 # --- intensity normalisation ------------------------------------------------------------------
-
-
-def _ball(radius_mm: float, affine: np.ndarray) -> np.ndarray:
-    zooms = voxel_sizes(affine)
-    half = np.maximum(np.floor(radius_mm / zooms).astype(int), 0)
-    grids = np.meshgrid(*[np.arange(-h, h + 1) * z for h, z in zip(half, zooms)], indexing="ij")
-    return sum(g ** 2 for g in grids) <= radius_mm ** 2 + 1e-6
 
 
 def _histogram_mode(values: np.ndarray, lo: float, hi: float, bins: int = 128) -> float:
@@ -160,7 +154,7 @@ def intracranial_mask(norm: np.ndarray, affine: np.ndarray, brain: np.ndarray,
     CSF on every contrast, tissue, fat and marrow brighter) and that connect to the brain through
     such voxels join the mask; holes are filled.
     """
-    shell = ndi.binary_dilation(brain, _ball(margin_mm, affine)) & ~brain
+    shell = dilate_mm(brain, margin_mm, affine) & ~brain
     csf_like = shell & (norm >= csf_band[0]) & (norm <= csf_band[1])
     grown = brain | csf_like
     labels, _ = ndi.label(grown)
@@ -261,11 +255,10 @@ def boundary_region(norm_a: np.ndarray, norm_b: np.ndarray, brain: np.ndarray, a
     Parenchyma masks are ``norm > 0.5`` inside ``brain``; the region is the dilated union minus
     the eroded intersection (the BSI's boundary region), kept inside ``brain`` dilated by the radius.
     """
-    ball = _ball(radius_mm, affine)
     pa = (norm_a > 0.5) & brain
     pb = (norm_b > 0.5) & brain
-    region = ndi.binary_dilation(pa | pb, ball) & ~ndi.binary_erosion(pa & pb, ball)
-    return region & ndi.binary_dilation(brain, ball)
+    region = dilate_mm(pa | pb, radius_mm, affine) & ~erode_mm(pa & pb, radius_mm, affine, border_value=False)
+    return region & dilate_mm(brain, radius_mm, affine)
 
 
 def boundary_shift_integral(bl: np.ndarray, fu: np.ndarray, region: np.ndarray, voxel_mm3: float,
@@ -312,7 +305,7 @@ def halfway_pair(bl: tuple[np.ndarray, np.ndarray], bl_brain: np.ndarray, fu: tu
     nf = match_intensities(nb, normalise(fu_h, *tissue_levels(fu_h, both & ~lesions, csf_bright)),
                            both & ~lesions)
     if options.dbc_sigma_mm > 0:
-        inner = ndi.binary_erosion(both, _ball(3.0, grid.affine)) & ~lesions
+        inner = erode_mm(both, 3.0, grid.affine, border_value=False) & ~lesions
         nf = nf * differential_bias(nb, nf, inner, grid.affine, options.dbc_sigma_mm)
     return PairImages(nb, nf, bm | fm, lesions, grid)
 
@@ -328,7 +321,7 @@ def pbvc_bsi(pair: PairImages, options: AtrophyOptions = AtrophyOptions()) -> di
     vox = voxel_volume_mm3(aff)
     region = boundary_region(pair.bl, pair.fu, pair.brain, aff, options.boundary_mm)
     if pair.lesions.any():
-        region &= ~ndi.binary_dilation(pair.lesions, _ball(max(options.lesion_margin_mm, 0.0), aff))
+        region &= ~dilate_mm(pair.lesions, max(options.lesion_margin_mm, 0.0), aff)
     bsi = boundary_shift_integral(pair.bl, pair.fu, region, vox, options.window)
     v_bl = float(parenchymal_fraction(pair.bl, pair.brain, pair.lesions, options.pv_window).sum(dtype=np.float64) * vox)
     return {"pbvc_vs_baseline": -100.0 * bsi / v_bl, "bsi_ml": bsi / 1000.0,

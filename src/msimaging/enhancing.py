@@ -90,7 +90,7 @@ def detect_enhancing(
     flair: np.ndarray | None = None,
 ) -> np.ndarray:
     """Labelled Gd+ lesions (int32, 0 background) on the grid of ``ce`` (see the module docstring)."""
-    from msimaging.preprocess import ball
+    from msimaging.morphology import dilate_mm, erode_mm
 
     brain = np.asarray(brain, dtype=bool)
     t1 = np.asarray(t1, dtype=np.float32)
@@ -98,7 +98,7 @@ def detect_enhancing(
     tissue = brain & (t1 > t1_floor)
     if tissue.sum() < 100:
         raise ValueError("almost no parenchyma on the T1w: check the brain mask and the co-registration")
-    inner = ndi.binary_erosion(brain, ball(rules.edge_mm, affine)) if rules.edge_mm > 0 else brain
+    inner = erode_mm(brain, rules.edge_mm, affine, border_value=False) if rules.edge_mm > 0 else brain
     z = enhancement_zscore(ce, t1, tissue)
     fz = None if flair is None else flair_zscore(np.asarray(flair, dtype=np.float32), brain)
     seeds = inner & tissue & (z > rules.z_threshold)
@@ -119,7 +119,7 @@ def detect_enhancing(
     if labels.max() == 0:
         return labels
     csf = brain & (t1 <= t1_floor)
-    near_csf = ndi.binary_dilation(csf, ball(rules.csf_margin_mm, affine)) if rules.csf_margin_mm > 0 else csf
+    near_csf = dilate_mm(csf, rules.csf_margin_mm, affine) if rules.csf_margin_mm > 0 else csf
     t2 = None if t2_lesions is None else ndi.binary_dilation(np.asarray(t2_lesions, bool), CONNECTIVITY)
     zooms = voxel_sizes(affine)
     out = np.zeros(labels.shape, dtype=bool)

@@ -59,6 +59,7 @@ from msimaging.geometry import (
     voxel_volume_mm3,
 )
 from msimaging.lesions import CONNECTIVITY, LesionRules, label_lesions, robust_mode_sigma
+from msimaging.morphology import ball
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +191,7 @@ def is_enlarged(volume_mm3: float, reference_mm3: float, rules: ChangeRules) -> 
 
 def _footprint(radius_mm: float, affine: np.ndarray) -> np.ndarray:
     """Voxels within ``radius_mm`` (at least the nearest in-plane neighbours) of the centre."""
-    zooms = voxel_sizes(affine)
-    radius = max(float(radius_mm), float(zooms.min()) * 1.01)
-    half = np.floor(radius / zooms + 1e-9).astype(int)
-    grids = np.meshgrid(*[np.arange(-h, h + 1) * z for h, z in zip(half, zooms)], indexing="ij")
-    return sum(g ** 2 for g in grids) <= radius ** 2 + 1e-6
+    return ball(max(float(radius_mm), float(voxel_sizes(affine).min()) * 1.01), affine)
 
 
 def quantile_match(source: np.ndarray, target: np.ndarray, mask: np.ndarray,
@@ -261,7 +258,7 @@ def local_noise(diff: np.ndarray, weight: np.ndarray, affine: np.ndarray, sigma_
 
 def pair_maps(fu: Visit, ref: Visit, fu_to_ref: sitk.Transform, rules: ChangeRules = ChangeRules()) -> PairMaps:
     """Resample R onto F's grid, match intensities, and compute the subtraction maps."""
-    from msimaging.preprocess import ball
+    from msimaging.morphology import erode_mm
 
     grid = fu.grid
     r_flair = resample_array(ref.flair, ref.affine, grid, fu_to_ref, "linear")
@@ -310,7 +307,7 @@ def pair_maps(fu: Visit, ref: Visit, fu_to_ref: sitk.Transform, rules: ChangeRul
     zr_max = ndi.maximum_filter(zr, footprint=_footprint(rules.jitter_mm, fu.affine), mode="nearest")
     dz = np.where(mask, (zf - zr_max) / noise, 0.0).astype(np.float32)
     d = np.where(mask, d_raw / noise, 0.0).astype(np.float32)
-    inner = ndi.binary_erosion(mask, ball(rules.edge_mm, fu.affine)) if rules.edge_mm > 0 else mask
+    inner = erode_mm(mask, rules.edge_mm, fu.affine, border_value=False) if rules.edge_mm > 0 else mask
     log.info("pair: %d voxels analysed, subtraction noise %.3f z", int(mask.sum()), sigma_d)
     return PairMaps(zf=zf, zr=zr, dz=dz, d=d, mask=mask, inner=inner, ref_labels=ref_labels.astype(np.int32),
                     sigma_d=sigma_d, extras={"parenchyma_mode": float(mode), "parenchyma_sigma": float(sigma)})
@@ -520,7 +517,8 @@ def run_compare(fu: dict[str, str], baseline: dict[str, str], previous: dict[str
 
     ``fu``, ``baseline`` and ``previous`` map ``flair``, ``brain``, ``dseg`` and (follow-ups)
     ``xfm`` (``from-session_to-baseline``) to files; ``previous`` is None when it is the
-    baseline. The masks (on the follow-up grid) hold the new / enlarging lesions vs baseline.
+    baseline (or the same files as ``baseline``: the comparison is then made once). The masks (on
+    the follow-up grid) hold the new / enlarging lesions vs baseline.
     """
     from msimaging import io
     from msimaging.geometry import read_transform
@@ -533,10 +531,15 @@ def run_compare(fu: dict[str, str], baseline: dict[str, str], previous: dict[str
     t_fu = read_transform(fu["xfm"])
     report = QCReport(subject, session)
     result: dict[str, list[dict]] = {}
+    versus_baseline: tuple[list[LesionChange], np.ndarray] | None = None
     for name, visit in (("baseline", baseline), ("previous", previous or baseline)):
-        r = read_visit(visit["flair"], visit["brain"], visit["dseg"])
-        t_ref = read_transform(visit["xfm"]) if visit.get("xfm") else None
-        changes, labels = compare_visits(f, r, follow_up_to_reference(t_fu, t_ref), rules, lesion_rules)
+        if name == "previous" and (previous is None or previous == baseline) and versus_baseline is not None:
+            changes, labels = versus_baseline  # the previous visit is the baseline: same comparison
+        else:
+            r = read_visit(visit["flair"], visit["brain"], visit["dseg"])
+            t_ref = read_transform(visit["xfm"]) if visit.get("xfm") else None
+            changes, labels = compare_visits(f, r, follow_up_to_reference(t_fu, t_ref), rules, lesion_rules)
+            versus_baseline = (changes, labels) if name == "baseline" else versus_baseline
         result[name] = [c.to_dict() for c in changes]
         if name == "baseline":
             io.write_mask(out_new, status_mask(labels, changes, "new"), f.affine)

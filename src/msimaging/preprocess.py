@@ -14,45 +14,9 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from msimaging.geometry import from_sitk, to_sitk, voxel_sizes, voxel_volume_mm3
+from msimaging.morphology import close_mm, dilate_mm, erode_mm, fill_holes_slicewise, largest_component, open_mm
 
 log = logging.getLogger(__name__)
-
-
-def ball(radius_mm: float, affine: np.ndarray) -> np.ndarray:
-    """A boolean ellipsoidal structuring element of ``radius_mm`` on the grid of ``affine``."""
-    zooms = voxel_sizes(affine)
-    half = np.maximum(np.floor(radius_mm / zooms).astype(int), 0)
-    grids = np.meshgrid(*[np.arange(-h, h + 1) * z for h, z in zip(half, zooms)], indexing="ij")
-    return sum(g ** 2 for g in grids) <= radius_mm ** 2 + 1e-6
-
-
-def dilate_mm(mask: np.ndarray, radius_mm: float, affine: np.ndarray) -> np.ndarray:
-    """Dilation by a Euclidean ball of ``radius_mm`` on the (anisotropic) grid of ``affine``."""
-    return ndi.binary_dilation(np.asarray(mask, dtype=bool), ball(radius_mm, affine))
-
-
-def erode_mm(mask: np.ndarray, radius_mm: float, affine: np.ndarray) -> np.ndarray:
-    """Erosion by a ball of ``radius_mm``; the edge of the field of view is not background."""
-    return ndi.binary_erosion(np.asarray(mask, dtype=bool), ball(radius_mm, affine), border_value=1)
-
-
-def close_mm(mask: np.ndarray, radius_mm: float, affine: np.ndarray) -> np.ndarray:
-    """Morphological closing by a ball of ``radius_mm`` (dilation, then erosion)."""
-    return erode_mm(dilate_mm(mask, radius_mm, affine), radius_mm, affine)
-
-
-def open_mm(mask: np.ndarray, radius_mm: float, affine: np.ndarray) -> np.ndarray:
-    """Morphological opening by a ball of ``radius_mm`` (erosion, then dilation)."""
-    return dilate_mm(erode_mm(mask, radius_mm, affine), radius_mm, affine)
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndi.label(mask)
-    if n == 0:
-        return np.zeros_like(mask, dtype=bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -84,14 +48,6 @@ def head_mask(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return fill_holes_slicewise(mask)
 
 
-def fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
-    """Fill holes in 3D and in every axial slice (robust to masks open at the FOV edges)."""
-    filled = ndi.binary_fill_holes(mask)
-    for k in range(filled.shape[2]):
-        filled[:, :, k] = ndi.binary_fill_holes(filled[:, :, k])
-    return filled
-
-
 def shrink_factors_for(affine: np.ndarray, spacing_mm: float) -> list[int]:
     """Per-axis integer shrink factors that make voxels of about ``spacing_mm``.
 
@@ -110,6 +66,7 @@ def n4_bias_correct(
     mask: np.ndarray | None = None,
     spacing_mm: float = 5.0,
     iterations: Sequence[int] = (50, 50, 30),
+    convergence: float = 1e-6,
 ) -> tuple[np.ndarray, np.ndarray]:
     """N4 bias-field correction. Returns ``(corrected, bias_field)``, both float32.
 
@@ -132,7 +89,7 @@ def n4_bias_correct(
     small_mask = sitk.Shrink(mimg, factors)
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
     corrector.SetMaximumNumberOfIterations([int(i) for i in iterations])
-    corrector.SetConvergenceThreshold(1e-6)
+    corrector.SetConvergenceThreshold(float(convergence))
     corrector.Execute(small, small_mask)
     log_field = corrector.GetLogBiasFieldAsImage(img)
     field, _ = from_sitk(sitk.Exp(log_field))
@@ -205,6 +162,7 @@ def run_n4(image_path: str, out_path: str, cfg: dict) -> dict:
         data, affine, mask=head,
         spacing_mm=float(pcfg.get("n4_spacing_mm", 5.0)),
         iterations=pcfg.get("n4_iterations", (50, 50, 30)),
+        convergence=float(pcfg.get("n4_convergence", 1e-6)),
     )
     io.write_image(out_path, corrected, affine)
     lo, hi = np.percentile(field[head], [1, 99]) if head.any() else (1.0, 1.0)

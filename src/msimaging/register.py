@@ -339,7 +339,7 @@ EDGE_MARGIN_MM = 3.0
 
 
 def _edge_region(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    from msimaging.preprocess import dilate_mm
+    from msimaging.morphology import dilate_mm
 
     return dilate_mm(brain, EDGE_MARGIN_MM, affine)
 
@@ -490,7 +490,7 @@ def register_template(data: np.ndarray, affine: np.ndarray, brain: np.ndarray,
     points) and the normalised mutual information of the image and the warped template in
     ``brain``.
     """
-    from msimaging.preprocess import dilate_mm
+    from msimaging.morphology import dilate_mm
     from msimaging.template import load_template
 
     tpl = load_template()
@@ -574,10 +574,16 @@ def registration_checks(fixed: np.ndarray, warped: np.ndarray, brain: np.ndarray
     return items
 
 
-def _robust_unit(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+#: Display percentiles are taken on at most this many brain voxels (evenly strided).
+DISPLAY_SAMPLE = 400_000
+
+
+def _unit_range(x: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """1st and 99th percentiles of ``x`` in ``mask`` (everywhere when empty), on a strided sample."""
     vals = x[mask] if mask.any() else x.ravel()
+    vals = vals[:: max(1, vals.size // DISPLAY_SAMPLE)]
     lo, hi = np.percentile(vals, [1, 99]) if vals.size else (0.0, 1.0)
-    return np.clip((x - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    return float(lo), float(max(hi - lo, 1e-6))
 
 
 def plot_registration(fixed: np.ndarray, warped: np.ndarray, brain: np.ndarray, affine: np.ndarray,
@@ -586,7 +592,7 @@ def plot_registration(fixed: np.ndarray, warped: np.ndarray, brain: np.ndarray, 
 
     Three axial slices and one coronal and sagittal slice through the brain, RAS display order;
     each image scaled to its own brain 1-99th percentiles. A misregistration shows as broken
-    edges at the tile borders.
+    edges at the tile borders. Only the shown slices are scaled and tiled.
     """
     import matplotlib
 
@@ -594,23 +600,34 @@ def plot_registration(fixed: np.ndarray, warped: np.ndarray, brain: np.ndarray, 
     import matplotlib.pyplot as plt
     import nibabel as nib
 
-    def canonical(x: np.ndarray) -> np.ndarray:
-        return np.asarray(nib.as_closest_canonical(nib.Nifti1Image(np.asarray(x, dtype=np.float32), affine)).dataobj)
+    ornt = nib.orientations.io_orientation(affine)
 
-    a = canonical(_robust_unit(np.asarray(fixed, float), brain))
-    b = canonical(_robust_unit(np.asarray(warped, float), brain))
-    m = canonical(brain.astype(np.float32)) > 0.5
+    def canonical(x: np.ndarray) -> np.ndarray:  # axes flipped / swapped to RAS: a view, no copy
+        return nib.orientations.apply_orientation(np.asarray(x), ornt)
+
+    brain = np.asarray(brain, dtype=bool)
+    (a_lo, a_span), (b_lo, b_span) = _unit_range(fixed, brain), _unit_range(warped, brain)
+    a, b, m = canonical(fixed), canonical(warped), canonical(brain)
     zooms = voxel_sizes(nib.as_closest_canonical(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), affine)).affine)
-    ii, jj, kk = np.indices(a.shape, sparse=True)
-    tiles = ((ii * zooms[0] // tile_mm + jj * zooms[1] // tile_mm + kk * zooms[2] // tile_mm) % 2).astype(bool)
-    board = np.where(tiles, a, b)
     idx = np.argwhere(m) if m.any() else np.argwhere(np.ones(m.shape, bool))
     lo, hi = idx.min(axis=0), idx.max(axis=0)
     centre = ((lo + hi) // 2).astype(int)
-    views = [("axial", board[:, :, int(round(lo[2] + f * (hi[2] - lo[2])))].T, m[:, :, int(round(lo[2] + f * (hi[2] - lo[2])))].T,
-              zooms[1] / zooms[0]) for f in (0.3, 0.5, 0.7)]
-    views.append(("coronal", board[:, centre[1], :].T, m[:, centre[1], :].T, zooms[2] / zooms[0]))
-    views.append(("sagittal", board[centre[0], :, :].T, m[centre[0], :, :].T, zooms[2] / zooms[1]))
+
+    def board(sl: tuple) -> np.ndarray:
+        ii, jj, kk = (np.arange(n)[s] for n, s in zip(a.shape, sl))
+        tiles = ((ii[:, None, None] * zooms[0] // tile_mm + jj[None, :, None] * zooms[1] // tile_mm
+                  + kk[None, None, :] * zooms[2] // tile_mm) % 2).astype(bool)
+        unit_a = np.clip((np.asarray(a[sl], float) - a_lo) / a_span, 0.0, 1.0)
+        unit_b = np.clip((np.asarray(b[sl], float) - b_lo) / b_span, 0.0, 1.0)
+        return np.squeeze(np.where(tiles, unit_a, unit_b))
+
+    def view(name: str, axis: int, index: int, aspect: float) -> tuple[str, np.ndarray, np.ndarray, float]:
+        sl = tuple(slice(index, index + 1) if k == axis else slice(None) for k in range(3))
+        return name, board(sl).T, np.squeeze(m[sl]).T, aspect
+
+    views = [view("axial", 2, int(round(lo[2] + f * (hi[2] - lo[2]))), zooms[1] / zooms[0]) for f in (0.3, 0.5, 0.7)]
+    views.append(view("coronal", 1, int(centre[1]), zooms[2] / zooms[0]))
+    views.append(view("sagittal", 0, int(centre[0]), zooms[2] / zooms[1]))
     fig, axes = plt.subplots(1, len(views), figsize=(2.6 * len(views), 2.9))
     for ax, (name, img, outline, aspect) in zip(axes, views):
         ax.imshow(img, origin="lower", cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")

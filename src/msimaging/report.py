@@ -70,8 +70,15 @@ def _axial(vol: np.ndarray, z: int) -> np.ndarray:
     return vol[::-1, :, z].T
 
 
+#: Percentiles for display are taken on at most this many voxels (evenly strided): the same
+#: figure to the eye, a fraction of the cost on 1 mm volumes.
+DISPLAY_SAMPLE = 400_000
+
+
 def _display_range(img: np.ndarray) -> tuple[float, float]:
-    vals = img[img > 0]
+    flat = np.asarray(img).ravel()
+    flat = flat[:: max(1, flat.size // DISPLAY_SAMPLE)]
+    vals = flat[flat > 0]
     if vals.size == 0:
         return 0.0, 1.0
     hi = np.percentile(vals, 99.5)
@@ -151,12 +158,18 @@ def plot_overlays(image: np.ndarray, affine: np.ndarray, overlays: dict[str, np.
     return chosen
 
 
+def _gradient_magnitude(image: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    smooth = ndi.gaussian_filter(np.asarray(image, np.float32), 1.0)
+    return np.sqrt(sum(ndi.sobel(smooth, axis=a) ** 2 for a in range(3)))
+
+
 def edges(image: np.ndarray, mask: np.ndarray | None, percentile: float = 85.0) -> np.ndarray:
     """Strong intensity edges inside ``mask`` (gradient magnitude above its percentile there)."""
     from scipy import ndimage as ndi
 
-    smooth = ndi.gaussian_filter(np.asarray(image, float), 1.0)
-    grad = np.sqrt(sum(ndi.sobel(smooth, axis=a) ** 2 for a in range(3)))
+    grad = _gradient_magnitude(image)
     if mask is None or not np.any(mask):
         inside = grad[grad > 0]
         return grad > np.percentile(inside, percentile) if inside.size else np.zeros(image.shape, bool)
@@ -165,6 +178,32 @@ def edges(image: np.ndarray, mask: np.ndarray | None, percentile: float = 85.0) 
     if inside.size == 0:
         return np.zeros(image.shape, bool)
     return (grad > np.percentile(inside, percentile)) & region
+
+
+#: Slices either side of a displayed slice that its 3-D edges depend on (Gaussian 4 sigma + Sobel).
+_EDGE_REACH = 5
+
+
+def slice_edges(image: np.ndarray, mask: np.ndarray, zs: Sequence[int], percentile: float = 85.0
+                ) -> dict[int, np.ndarray]:
+    """:func:`edges` of the axial slices ``zs`` only, computed on thin slabs around them.
+
+    The gradient of each shown slice is the 3-D one; the threshold is the percentile over the
+    shown slices' brain (not the whole brain): a figure's edges at a fraction of the cost.
+    """
+    from scipy import ndimage as ndi
+
+    nz = image.shape[2]
+    grads, regions = {}, {}
+    for z in zs:
+        lo, hi = max(0, z - _EDGE_REACH), min(nz, z + _EDGE_REACH + 1)
+        grads[z] = _gradient_magnitude(image[:, :, lo:hi])[:, :, z - lo]
+        regions[z] = ndi.binary_erosion(np.asarray(mask[:, :, max(0, z - 1):z + 2]) > 0, iterations=1)[:, :, z - max(0, z - 1)]
+    inside = np.concatenate([grads[z][regions[z]] for z in zs]) if zs else np.zeros(0)
+    if inside.size == 0:
+        return {z: np.zeros(image.shape[:2], bool) for z in zs}
+    thr = np.percentile(inside, percentile)
+    return {z: (grads[z] > thr) & regions[z] for z in zs}
 
 
 def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
@@ -194,15 +233,15 @@ def plot_registration(fixed: np.ndarray, moving_on_fixed: np.ndarray, affine: np
     f = canonical(fixed, affine)
     m = canonical(moving_on_fixed, affine).data
     b = canonical(brain.astype(np.uint8), affine).data > 0 if brain is not None else f.data > 0
-    e = canonical(edges(fixed, brain).astype(np.uint8), affine).data > 0
     chosen = choose_slices([], b, n_slices)
+    e = slice_edges(f.data, b, chosen)
     aspect = f.zooms[1] / f.zooms[0]
     fig, axes = plt.subplots(2, len(chosen), figsize=(2.1 * len(chosen), 4.6), squeeze=False, facecolor="black")
     vmin, vmax = _display_range(m)
     for k, z in enumerate(chosen):
         _show(axes[0][k], checkerboard(_axial(f.data, z), _axial(m, z)), 0, 1, aspect)
         _show(axes[1][k], _axial(m, z), vmin, vmax, aspect)
-        overlay = np.ma.masked_where(~_axial(e, z), np.ones_like(_axial(m, z)))
+        overlay = np.ma.masked_where(~e[z][::-1, :].T, np.ones_like(_axial(m, z)))
         axes[1][k].imshow(overlay, origin="lower", cmap=yellow, alpha=0.6, aspect=aspect, vmin=0, vmax=1,
                           interpolation="nearest")
         for row in (0, 1):

@@ -96,10 +96,37 @@ def step(smk: Any, name: str) -> Iterator[logging.Logger]:
     logger.info("start %s %s threads=%s startup=%s s", name, wildcards, getattr(smk, "threads", 1),
                 "NA" if startup is None else f"{startup:.2f}")
     t0 = time.perf_counter()
+    profiler = start_profile()
     try:
         yield logger
     except Exception as exc:
         logger.error("%s failed: %s", name, failure_text(exc))
         logger.error("details:\n%s", traceback.format_exc())
         raise
+    finally:
+        stop_profile(profiler, name, wildcards)
     logger.info("done %s in %.1f s", name, time.perf_counter() - t0)
+
+
+#: Developer aid: when set to a folder, every step writes a cProfile dump there (``<rule>_<wildcards>.prof``).
+PROFILE_VARIABLE = "MSIMAGING_PROFILE_DIR"
+
+
+def start_profile() -> Any:
+    if not os.environ.get(PROFILE_VARIABLE):
+        return None
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    return profiler
+
+
+def stop_profile(profiler: Any, name: str, wildcards: dict[str, str]) -> None:
+    if profiler is None:
+        return
+    profiler.disable()
+    folder = Path(os.environ[PROFILE_VARIABLE])
+    folder.mkdir(parents=True, exist_ok=True)
+    label = "_".join([name, *(f"{k}-{v}" for k, v in sorted(wildcards.items()))])
+    profiler.dump_stats(str(folder / f"{label}.prof"))

@@ -39,8 +39,18 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from msimaging.geometry import Grid, resample_array, voxel_sizes, voxel_volume_mm3
-from msimaging.lesions import CONNECTIVITY, LesionRules, label_lesions, rules_from_config, total_volume_ml
+from msimaging.geometry import Grid, resample_array, voxel_sizes
+from msimaging.lesions import (
+    CONNECTIVITY,
+    LesionRules,
+    label_lesions,
+    label_means,
+    label_reduce,
+    label_sums,
+    rules_from_config,
+    total_volume_ml,
+)
+from msimaging.morphology import ball, bounding_box, depth_mm
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +383,7 @@ def conditional_grow(seeds: np.ndarray, allowed: np.ndarray, steps: int) -> np.n
 
 def distance_to_surface_mm(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Distance in mm from each brain voxel to the outside of the brain mask."""
-    return ndi.distance_transform_edt(brain, sampling=voxel_sizes(affine)).astype(np.float32)
+    return depth_mm(brain, affine)
 
 
 def pv_contrasts(excess: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
@@ -406,31 +416,26 @@ def pv_contrasts(excess: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def ball_footprint(affine: np.ndarray, radius_mm: float) -> np.ndarray:
-    """Boolean ball of ``radius_mm`` in physical units on the (possibly anisotropic) grid."""
-    zooms = voxel_sizes(affine)
-    r = np.floor(radius_mm / zooms + 1e-6).astype(int)
-    g = np.indices(tuple(2 * r + 1)).astype(float)
-    d2 = sum(((g[i] - r[i]) * zooms[i]) ** 2 for i in range(3))
-    return d2 <= radius_mm ** 2 + 1e-6
-
-
-def mirror_reference(flair: np.ndarray, affine: np.ndarray, mirror: sitk.Transform, radius_mm: float
-                     ) -> np.ndarray:
+def mirror_reference(flair: np.ndarray, affine: np.ndarray, mirror: sitk.Transform, radius_mm: float,
+                     where: np.ndarray | None = None) -> np.ndarray:
     """The brightest contralateral FLAIR near each voxel's mirror image (registration slack ``radius_mm``).
 
     Normal FLAIR hyperintensities (corticospinal tracts, frontal horn caps, choroid plexus,
     insular cortex) are bilaterally symmetric; MS lesions are brighter than their homologue.
+    ``where``: only these voxels are needed; the maximum is then taken on their bounding box
+    (the same values there) and the result is that box's array.
     """
     mirrored = resample_array(np.asarray(flair, np.float32), affine, Grid(flair.shape, affine), mirror, "linear")
-    return ndi.maximum_filter(mirrored, footprint=ball_footprint(affine, radius_mm), mode="nearest")
+    footprint = ball(radius_mm, affine)
+    if where is not None:
+        mirrored = mirrored[bounding_box(where, np.asarray(footprint.shape) // 2)]
+    return ndi.maximum_filter(mirrored, footprint=footprint, mode="nearest")
 
 
 def _component_fractions(labels: np.ndarray, n: int, maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Mean of each map over each component 1..n."""
-    idx = np.arange(1, n + 1)
     sizes = np.maximum(np.bincount(labels.ravel(), minlength=n + 1)[1:], 1).astype(float)
-    return {k: np.asarray(ndi.sum(m, labels, idx), dtype=float) / sizes for k, m in maps.items()}
+    return {k: label_sums(m, labels, n) / sizes for k, m in maps.items()}
 
 
 def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev: Evidence,
@@ -453,17 +458,15 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
     if n == 0:
         return np.zeros(brain.shape, np.float32), figures
     # partial volume: lesion fraction between local NAWM and the seeds' core intensity
-    idx = np.arange(1, n + 1)
     seed_labels = np.where(seeds, labels, 0)
     pct = options.core_percentile
-    core = np.asarray(ndi.labeled_comprehension(f, seed_labels, idx, lambda v: np.percentile(v, pct),
-                                                np.float32, 0), dtype=np.float32)
+    core = label_reduce(f, seed_labels, n, lambda v: np.percentile(v, pct), 0.0).astype(np.float32)
     excess = (f - ev.nawm).astype(np.float32)
     contrast = np.zeros(n + 1, np.float32)
     if options.contrast_method == "integral":
         contrast[1:] = pv_contrasts(excess, labels, n)
     else:
-        contrast[1:] = core - np.asarray(ndi.mean(ev.nawm, seed_labels, idx), dtype=np.float32)
+        contrast[1:] = core - label_means(ev.nawm, seed_labels, n).astype(np.float32)
         if options.core_noise_correction:
             # seeds are selected for being bright: a percentile of them over-states the lesion's
             # core by that percentile of the voxel noise (winner's curse), which shrinks lesions
@@ -488,24 +491,24 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
     reject = {"surface": fr["surface"] > options.max_surface_fraction,
               "cortex": fr["cortex"] > options.max_cortex_fraction,
               "csf": fr["csf"] > options.max_csf_fraction}
-    cidx = np.arange(1, m + 1)
     if ev.multi_contrast and options.max_gm_posterior < 1.0:
         # grey matter on T1w/T2w: FLAIR-bright cortex and deep GM, not a WM lesion (lesions are
         # T1w-darker and T2w-brighter than GM, so the tissue model calls them CSF or WM)
-        fr["gm_posterior"] = np.asarray(ndi.mean(ev.post[..., 1], cand, cidx), dtype=float)
+        fr["gm_posterior"] = label_means(ev.post[..., 1], cand, m)
         reject["gm_like"] = fr["gm_posterior"] > options.max_gm_posterior
     if priors.lesion is not None and options.min_lesion_prior > 0:
         # location: no patient of the lesion atlas has lesions anywhere near
-        fr["lesion_prior"] = np.asarray(ndi.maximum(priors.lesion, cand, cidx), dtype=float)
+        fr["lesion_prior"] = label_reduce(priors.lesion, cand, m, np.max)
         reject["prior"] = fr["lesion_prior"] < options.min_lesion_prior
     if priors.mirror is not None and options.min_mirror_z > -np.inf and options.mirror_mm >= 0:
         # symmetry: not brighter than the contralateral homologue (normal FLAIR hyperintensity)
         s_wm = float(ev.figures.get("flair_wm_sd", 1.0))
-        zm = (f - mirror_reference(f, affine, priors.mirror, options.mirror_mm)) / max(s_wm, 1e-6)
-        fr["mirror_z"] = np.asarray(ndi.median(zm, cand, cidx), dtype=float)
+        box = bounding_box(cand > 0, np.asarray(ball(options.mirror_mm, affine).shape) // 2)
+        zm = (f[box] - mirror_reference(f, affine, priors.mirror, options.mirror_mm, cand > 0)) / max(s_wm, 1e-6)
+        fr["mirror_z"] = label_reduce(zm, cand[box], m, np.median)
         # ... unless far brighter than any normal grey matter: normal anatomy is never that bright,
         # bilateral lesion pairs (common around the ventricles) are
-        fr["z_gm"] = np.asarray(ndi.median(ev.z_gm, cand, cidx), dtype=float)
+        fr["z_gm"] = label_reduce(ev.z_gm, cand, m, np.median)
         reject["mirror"] = (fr["mirror_z"] <= options.min_mirror_z) & (fr["z_gm"] < options.mirror_exempt_z_gm)
     keep = ~np.any(np.stack(list(reject.values())), axis=0)
     figures.update({f"removed_{k}": int(v.sum()) for k, v in reject.items()})
@@ -513,9 +516,13 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
     # each region voxel takes the decision of its nearest candidate lesion
     keep_lut = np.zeros(m + 1, np.float32)
     keep_lut[1:] = keep
-    dist, nearest = ndi.distance_transform_edt(cand == 0, sampling=zooms, return_distances=True,
-                                               return_indices=True)
-    owner = cand[tuple(nearest)]
+    # (on the regions' bounding box, which holds every candidate: the same nearest voxels)
+    box = bounding_box(labels > 0)
+    dist = np.zeros(cand.shape, np.float64)
+    owner = np.zeros(cand.shape, cand.dtype)
+    dist[box], nearest = ndi.distance_transform_edt(cand[box] == 0, sampling=zooms, return_distances=True,
+                                                    return_indices=True)
+    owner[box] = cand[box][tuple(nearest)]
     # rim: next to a confirmed lesion a voxel that is at least half lesion belongs to it (the plain
     # partial-volume boundary; pv_fraction's margin guards the forming of candidates against noise).
     # Expert masks include the hyperintense rim (sub-p07: boundary near 0.4 of the contrast)

@@ -28,16 +28,6 @@ def test_shrink_factors_keep_thick_slices():
     assert P.shrink_factors_for(a, 2.0) == [3, 3, 1]
 
 
-@pytest.mark.parametrize("radius", [3.0, 7.0])
-def test_mm_morphology_equals_ball_morphology_and_keeps_fov_edges(radius):
-    a = oblique_affine(zooms=(0.9, 1.1, 3.0))
-    m = ndi.gaussian_filter(np.random.default_rng(0).random((50, 50, 20)), 2) > 0.5
-    np.testing.assert_array_equal(P.dilate_mm(m, radius, a), ndi.binary_dilation(m, P.ball(radius, a)))
-    full = np.ones((20, 20, 10), bool)
-    assert P.erode_mm(full, radius, a).all()  # the field of view's edge is not background
-    assert P.close_mm(m, radius, a).sum() >= m.sum() >= P.open_mm(m, radius, a).sum()
-
-
 @pytest.mark.slow
 def test_n4_removes_a_smooth_multiplicative_field():
     data, affine, inside, wm = _object()

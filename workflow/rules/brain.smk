@@ -11,7 +11,7 @@ rule measure_brain:
         L.benchmark("measure_brain", "{subject}", "{session}")
     group:
         "subject"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=3000,
         runtime=10,

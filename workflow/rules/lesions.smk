@@ -12,7 +12,7 @@ rule segment_lesions:
         L.benchmark("segment_lesions", "{subject}", "{session}")
     group:
         "subject"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=3000,
         runtime=10,

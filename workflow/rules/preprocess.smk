@@ -30,7 +30,7 @@ rule preprocess:
         L.benchmark("preprocess", "{subject}", "{session}", "{contrast}")
     group:
         "subject"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
