@@ -165,31 +165,17 @@ def _gradient_magnitude(image: np.ndarray) -> np.ndarray:
     return np.sqrt(sum(ndi.sobel(smooth, axis=a) ** 2 for a in range(3)))
 
 
-def edges(image: np.ndarray, mask: np.ndarray | None, percentile: float = 85.0) -> np.ndarray:
-    """Strong intensity edges inside ``mask`` (gradient magnitude above its percentile there)."""
-    from scipy import ndimage as ndi
-
-    grad = _gradient_magnitude(image)
-    if mask is None or not np.any(mask):
-        inside = grad[grad > 0]
-        return grad > np.percentile(inside, percentile) if inside.size else np.zeros(image.shape, bool)
-    region = ndi.binary_erosion(np.asarray(mask) > 0, iterations=1)  # brain structures, not the scalp
-    inside = grad[region]
-    if inside.size == 0:
-        return np.zeros(image.shape, bool)
-    return (grad > np.percentile(inside, percentile)) & region
-
-
 #: Slices either side of a displayed slice that its 3-D edges depend on (Gaussian 4 sigma + Sobel).
 _EDGE_REACH = 5
 
 
 def slice_edges(image: np.ndarray, mask: np.ndarray, zs: Sequence[int], percentile: float = 85.0
                 ) -> dict[int, np.ndarray]:
-    """:func:`edges` of the axial slices ``zs`` only, computed on thin slabs around them.
+    """Strong intensity edges of the axial slices ``zs`` inside ``mask`` (eroded by a voxel: brain
+    structures, not the scalp): gradient magnitude above its ``percentile`` there.
 
-    The gradient of each shown slice is the 3-D one; the threshold is the percentile over the
-    shown slices' brain (not the whole brain): a figure's edges at a fraction of the cost.
+    Computed on thin slabs around the slices: the gradient of each slice is the 3-D one; the
+    threshold is the percentile over the shown slices' brain. Returns ``{z: 2-D edge mask}``.
     """
     from scipy import ndimage as ndi
 

@@ -417,19 +417,23 @@ def pv_contrasts(excess: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def mirror_reference(flair: np.ndarray, affine: np.ndarray, mirror: sitk.Transform, radius_mm: float,
-                     where: np.ndarray | None = None) -> np.ndarray:
+                     box: tuple[slice, ...] | None = None) -> np.ndarray:
     """The brightest contralateral FLAIR near each voxel's mirror image (registration slack ``radius_mm``).
 
     Normal FLAIR hyperintensities (corticospinal tracts, frontal horn caps, choroid plexus,
     insular cortex) are bilaterally symmetric; MS lesions are brighter than their homologue.
-    ``where``: only these voxels are needed; the maximum is then taken on their bounding box
-    (the same values there) and the result is that box's array.
+    ``box``: only this part is returned (:func:`mirror_box`: the maximum is the same there as on
+    the whole grid for the voxels it was made for).
     """
     mirrored = resample_array(np.asarray(flair, np.float32), affine, Grid(flair.shape, affine), mirror, "linear")
-    footprint = ball(radius_mm, affine)
-    if where is not None:
-        mirrored = mirrored[bounding_box(where, np.asarray(footprint.shape) // 2)]
-    return ndi.maximum_filter(mirrored, footprint=footprint, mode="nearest")
+    if box is not None:
+        mirrored = mirrored[box]
+    return ndi.maximum_filter(mirrored, footprint=ball(radius_mm, affine), mode="nearest")
+
+
+def mirror_box(where: np.ndarray, affine: np.ndarray, radius_mm: float) -> tuple[slice, ...]:
+    """The bounding box of ``where`` grown by the reach of :func:`mirror_reference`'s maximum."""
+    return bounding_box(where, np.asarray(ball(radius_mm, affine).shape) // 2)
 
 
 def _component_fractions(labels: np.ndarray, n: int, maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -503,8 +507,8 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
     if priors.mirror is not None and options.min_mirror_z > -np.inf and options.mirror_mm >= 0:
         # symmetry: not brighter than the contralateral homologue (normal FLAIR hyperintensity)
         s_wm = float(ev.figures.get("flair_wm_sd", 1.0))
-        box = bounding_box(cand > 0, np.asarray(ball(options.mirror_mm, affine).shape) // 2)
-        zm = (f[box] - mirror_reference(f, affine, priors.mirror, options.mirror_mm, cand > 0)) / max(s_wm, 1e-6)
+        box = mirror_box(cand > 0, affine, options.mirror_mm)
+        zm = (f[box] - mirror_reference(f, affine, priors.mirror, options.mirror_mm, box)) / max(s_wm, 1e-6)
         fr["mirror_z"] = label_reduce(zm, cand[box], m, np.median)
         # ... unless far brighter than any normal grey matter: normal anatomy is never that bright,
         # bilateral lesion pairs (common around the ventricles) are

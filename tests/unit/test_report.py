@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from msimaging.report import (_axial, canonical, checkerboard, choose_slices, edges, page_html,
-                              plot_lesion_thumbnail, plot_overlays, plot_registration)
+from msimaging.report import (_axial, canonical, checkerboard, choose_slices, page_html,
+                              plot_lesion_thumbnail, plot_overlays, plot_registration, slice_edges)
 from tests.conftest import oblique_affine
 
 
@@ -58,7 +58,8 @@ def test_edges_stay_inside_the_brain():
     img[12:18, 12:18, 4:8] = 3.0
     brain = np.zeros(img.shape, bool)
     brain[8:22, 8:22, 3:9] = True
-    e = edges(img, brain)
+    shown = slice_edges(img, brain, list(range(img.shape[2])))
+    e = np.stack([shown[z] for z in range(img.shape[2])], axis=2)
     assert e.any() and not (e & ~brain).any()
     assert e[11:19, 11:19, 4:8].any()
 
