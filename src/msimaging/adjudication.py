@@ -123,9 +123,9 @@ def session_inventory(subject: str, session: str, t2_labels: np.ndarray, lesion_
     ``gd_mask`` its enhancing mask (None when Gd+ is not measured). Gd+ lesions are labelled with
     :func:`lesions.label_lesions`, as the endpoints count them.
     """
-    from msimaging.lesions import label_lesions, lesion_stats
-
     from scipy import ndimage as ndi
+
+    from msimaging.lesions import label_lesions, lesion_stats
 
     rows = {str(r["lesion_id"]): r for r in lesion_rows}
     gd_labels = label_lesions(gd_mask, affine, rules) if gd_mask is not None else None

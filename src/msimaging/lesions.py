@@ -97,12 +97,6 @@ def _labelled(values: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     return flat[voxels].astype(np.int64), np.asarray(values).ravel()[voxels]
 
 
-def label_sums(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """Sum of ``values`` over each label 1..n (float64; 0 for an absent label), as ``ndi.sum``."""
-    ids, vals = _labelled(values, labels)
-    return np.bincount(ids, weights=vals.astype(np.float64), minlength=n + 1)[1:n + 1]
-
-
 def label_means(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     """Mean of ``values`` over each label 1..n (NaN for an absent label), as ``ndi.mean``."""
     ids, vals = _labelled(values, labels)

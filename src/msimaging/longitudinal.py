@@ -531,15 +531,16 @@ def run_compare(fu: dict[str, str], baseline: dict[str, str], previous: dict[str
     t_fu = read_transform(fu["xfm"])
     report = QCReport(subject, session)
     result: dict[str, list[dict]] = {}
-    versus_baseline: tuple[list[LesionChange], np.ndarray] | None = None
-    for name, visit in (("baseline", baseline), ("previous", previous or baseline)):
-        if name == "previous" and (previous is None or previous == baseline) and versus_baseline is not None:
-            changes, labels = versus_baseline  # the previous visit is the baseline: same comparison
-        else:
-            r = read_visit(visit["flair"], visit["brain"], visit["dseg"])
-            t_ref = read_transform(visit["xfm"]) if visit.get("xfm") else None
-            changes, labels = compare_visits(f, r, follow_up_to_reference(t_fu, t_ref), rules, lesion_rules)
-            versus_baseline = (changes, labels) if name == "baseline" else versus_baseline
+
+    def versus(visit: dict[str, str]) -> tuple[list[LesionChange], np.ndarray]:
+        r = read_visit(visit["flair"], visit["brain"], visit["dseg"])
+        t_ref = read_transform(visit["xfm"]) if visit.get("xfm") else None
+        return compare_visits(f, r, follow_up_to_reference(t_fu, t_ref), rules, lesion_rules)
+
+    comparisons = {"baseline": versus(baseline)}
+    # the previous visit is the baseline: the same comparison, made once
+    comparisons["previous"] = comparisons["baseline"] if previous in (None, baseline) else versus(previous)
+    for name, (changes, labels) in comparisons.items():
         result[name] = [c.to_dict() for c in changes]
         if name == "baseline":
             io.write_mask(out_new, status_mask(labels, changes, "new"), f.affine)

@@ -46,7 +46,6 @@ from msimaging.lesions import (
     label_lesions,
     label_means,
     label_reduce,
-    label_sums,
     rules_from_config,
     total_volume_ml,
 )
@@ -438,8 +437,7 @@ def mirror_box(where: np.ndarray, affine: np.ndarray, radius_mm: float) -> tuple
 
 def _component_fractions(labels: np.ndarray, n: int, maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Mean of each map over each component 1..n."""
-    sizes = np.maximum(np.bincount(labels.ravel(), minlength=n + 1)[1:], 1).astype(float)
-    return {k: label_sums(m, labels, n) / sizes for k, m in maps.items()}
+    return {k: label_means(m, labels, n) for k, m in maps.items()}
 
 
 def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev: Evidence,
