@@ -104,6 +104,40 @@ def lesion_agreement(pred: np.ndarray, truth: np.ndarray, affine: np.ndarray,
     )
 
 
+def lesion_recall_by_size(pred: np.ndarray, truth: np.ndarray, affine: np.ndarray,
+                          bands: tuple[tuple[float, float, str], ...],
+                          rules: LesionRules = LesionRules()) -> dict[str, dict[str, int]]:
+    """Truth lesions detected (overlapping ``pred``) per volume band ``(lo_mm3, hi_mm3, name)``."""
+    t_lab = label_lesions(truth, affine, rules)
+    n = int(t_lab.max())
+    vols = np.bincount(t_lab.ravel(), minlength=n + 1)[1:] * voxel_volume_mm3(affine)
+    hit = np.zeros(n + 1, bool)
+    hit[np.unique(t_lab[np.asarray(pred) > 0])] = True
+    hit = hit[1:]
+    out = {}
+    for lo, hi, name in bands:
+        sel = (vols >= lo) & (vols < hi)
+        out[name] = {"detected": int(hit[sel].sum()), "truth": int(sel.sum())}
+    return out
+
+
+def naive_flair_z(flair: np.ndarray, brain: np.ndarray, affine: np.ndarray, z: float = 3.0,
+                  erode_mm: float = 3.0, rules: LesionRules = LesionRules()) -> np.ndarray:
+    """The naive baseline every accuracy figure is quoted beside: FLAIR robust z > ``z``.
+
+    z is (FLAIR - median) / (1.4826 MAD) over the brain; voxels within ``erode_mm`` of the brain
+    surface are left out (the cortex and the rim); lesions are the components that pass ``rules``.
+    """
+    from msimaging.morphology import erode_mm as erode
+
+    brain = np.asarray(brain) > 0
+    vals = np.asarray(flair, np.float64)[brain]
+    med = float(np.median(vals))
+    mad = max(1.4826 * float(np.median(np.abs(vals - med))), 1e-6)
+    inner = erode(brain, erode_mm, affine)
+    return label_lesions(inner & ((np.asarray(flair) - med) / mad > z), affine, rules) > 0
+
+
 def evaluate_files(pred_path: str, truth_path: str, rules: LesionRules = LesionRules()) -> Agreement:
     """Compare two mask files; the prediction is resampled onto the truth grid if they differ."""
     from msimaging import io

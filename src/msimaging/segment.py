@@ -62,6 +62,7 @@ class SegmentOptions:
     """Thresholds of the segmentation (config keys under ``lesions:``)."""
 
     threshold: float = 0.5           # probability threshold of the binary mask
+    method: str = "model"            # "model": the learned voxel classifier (msimaging.lesion_model); "rules"
     outlier_kappa: float = 3.0       # Mahalanobis distance beyond which a voxel is atypical
     prior_weight: float = 0.8        # weight of the template priors (rest: uniform)
     prior_smoothing_mm: float = 2.0  # Gaussian smoothing of the priors (registration slack)
@@ -319,6 +320,7 @@ class Evidence:
     post: np.ndarray       # (X, Y, Z, 3) tissue posteriors CSF, GM, WM (0 outside the brain)
     multi_contrast: bool = False  # the posteriors come from contrasts other than the hyperintense one
     figures: dict[str, float] = field(default_factory=dict)
+    refs: dict[str, np.ndarray] = field(default_factory=dict)  # local NAWM of every contrast
 
 
 def tissue_evidence(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray,
@@ -365,8 +367,13 @@ def tissue_evidence(images: Mapping[str, np.ndarray], affine: np.ndarray, brain:
         wm_img = brain
     figures = {"flair_wm_median": m_wm, "flair_wm_sd": s_wm, "flair_gm_median": m_gm, "flair_gm_sd": s_gm,
                "flair_csf_median": stats["csf"][0], "flair_noise_sd": noise_sd(flair, wm_img)}
+    refs = {hyper: nawm}
+    for c, img in images.items():
+        if c != hyper:
+            refs[c] = local_mean(np.asarray(img, np.float32), weights["wm"], affine, options.local_sigma_mm,
+                                 float(np.median(np.asarray(img)[brain])))
     return Evidence(z_wm=z_wm, z_gm=z_gm, nawm=nawm, post=post_img, figures=figures,
-                    multi_contrast=hyper not in names)
+                    multi_contrast=hyper not in names, refs=refs)
 
 
 def conditional_grow(seeds: np.ndarray, allowed: np.ndarray, steps: int) -> np.ndarray:
@@ -535,6 +542,35 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
     return prob, figures
 
 
+def voxel_features(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray, ev: Evidence,
+                   priors: TissuePriors, contrasts: tuple[str, ...]) -> np.ndarray:
+    """(N, F) base features (:func:`msimaging.lesion_model.base_features`) of the brain's N voxels."""
+    from msimaging.lesion_model import base_features
+
+    excess, smooth = {}, {}
+    for c in contrasts:
+        e = np.where(brain, np.asarray(images[c], np.float32) / np.maximum(ev.refs[c], 1e-6) - 1.0, 0.0)
+        excess[c] = e[brain]
+        # 1 mm smoothing inside the brain only (normalised, so the surface does not pull it down)
+        num = smooth_mm(e.astype(np.float32), affine, 1.0)
+        den = smooth_mm(brain.astype(np.float32), affine, 1.0)
+        smooth[c] = (num[brain] / np.maximum(den[brain], 1e-3))
+    depth = distance_to_surface_mm(brain, affine)[brain]
+    return base_features(excess, ev.z_gm[brain], ev.post[brain], priors.stack()[brain], depth, contrasts, smooth)
+
+
+def model_probability(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray, ev: Evidence,
+                      priors: TissuePriors, model: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """Lesion probability from the learned voxel model, shifted so its threshold maps to 0.5."""
+    x = voxel_features(images, affine, brain, ev, priors, model.contrasts)
+    p = model.predict(x).astype(np.float64)
+    t = min(max(model.threshold, 1e-6), 1 - 1e-6)
+    logit = np.log(np.maximum(p, 1e-12)) - np.log(np.maximum(1 - p, 1e-12)) - np.log(t / (1 - t))
+    prob = np.zeros(brain.shape, np.float32)
+    prob[brain] = 1.0 / (1.0 + np.exp(-np.clip(logit, -40, 40)))
+    return prob, {"model": "+".join(model.contrasts), "model_threshold": model.threshold}
+
+
 # --- the whole segmentation --------------------------------------------------------------------
 
 #: Contrasts that inform the tissue model besides the hyperintensity contrast (never ce-T1w:
@@ -577,7 +613,17 @@ def segment_lesions(images: Mapping[str, np.ndarray], affine: np.ndarray, brain:
         priors = replace(priors, **{k: smooth_mm(getattr(priors, k), affine, options.prior_smoothing_mm)
                                     for k in CLASSES})
     ev = tissue_evidence(used, affine, brain, priors, options, hyper=hyper)
-    prob, figures = detect_lesions(used[hyper], affine, brain, ev, priors, options)
+    model = None
+    if options.method == "model":
+        from msimaging.lesion_model import bundled_models, model_for
+
+        model = model_for(tuple(used), bundled_models())
+        if model is None:
+            log.warning("no lesion model for contrasts %s: using the rule-based detection", sorted(used))
+    if model is not None:
+        prob, figures = model_probability(used, affine, brain, ev, priors, model)
+    else:
+        prob, figures = detect_lesions(used[hyper], affine, brain, ev, priors, options)
     figures.pop("_components", None)
     labels = label_lesions(prob >= options.threshold, affine, rules)
     figures.update(ev.figures)

@@ -27,11 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     args.out.mkdir(parents=True, exist_ok=True)
+    status = 0
     for name in args.sections or SECTIONS:
         print(f"\n=== {name}: {modules[name].HELP} ===", flush=True)
         figures = modules[name].run(args)
+        # a section that found a failed check (e.g. below its naive baseline) says so in its figures
+        status = max(status, int(figures.pop("_exit_status", 0)) if isinstance(figures, dict) else 0)
         (args.out / f"{name}.json").write_text(json.dumps(figures, indent=2, sort_keys=True, default=str) + "\n")
-    return 0
+    return status
 
 
 if __name__ == "__main__":
