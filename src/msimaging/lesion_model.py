@@ -89,13 +89,28 @@ class LogisticModel:
     threshold: float = 0.5
     info: dict[str, Any] = field(default_factory=dict)
 
-    def predict(self, x: np.ndarray, chunk: int = 400_000) -> np.ndarray:
-        """Lesion probability of each row of base features ``x``."""
-        out = np.empty(len(x), np.float32)
+    def quadratic_form(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """The logit as ``c + x.b + x.U.x`` on base features (standardisation folded in)."""
+        w = self.weights / self.scale
+        f = int(round((-3 + np.sqrt(9 + 8 * (len(w) - 1))) / 2))   # 1 + f + f(f+1)/2 terms
+        c = float(self.weights[0] - np.sum(w[1:] * self.mean[1:]))
+        b = w[1:1 + f]
+        u = np.zeros((f, f))
+        u[np.triu_indices(f)] = w[1 + f:]
+        return c, b, u
+
+    def logit(self, x: np.ndarray, chunk: int = 500_000) -> np.ndarray:
+        """The model's log-odds of each row of base features ``x`` (float64)."""
+        c, b, u = self.quadratic_form()
+        out = np.empty(len(x), np.float64)
         for i in range(0, len(x), chunk):
-            q = (quadratic(x[i:i + chunk]) - self.mean) / self.scale
-            out[i:i + chunk] = 1.0 / (1.0 + np.exp(-np.clip(q @ self.weights, -40, 40)))
+            xs = np.asarray(x[i:i + chunk], np.float64)
+            out[i:i + chunk] = c + xs @ b + np.einsum("ij,ij->i", xs @ u, xs)
         return out
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Lesion probability of each row of base features ``x``."""
+        return (1.0 / (1.0 + np.exp(-np.clip(self.logit(x), -40, 40)))).astype(np.float32)
 
     def to_json(self) -> dict[str, Any]:
         return {"contrasts": list(self.contrasts), "mean": self.mean.tolist(), "scale": self.scale.tolist(),

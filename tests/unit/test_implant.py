@@ -161,3 +161,4 @@ def test_bundled_profile_is_as_faint_as_real_lesions() -> None:
     lo, med, hi = np.percentile(core[:, 0], [10, 50, 90])
     assert 0.25 < lo < med < hi < 1.0 and 0.4 < med < 0.6
     assert np.median(core[:, 2]) < -0.15
+

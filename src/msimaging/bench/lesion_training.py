@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from msimaging.bench.lesions import background, pipeline_config, _seed
+from msimaging.bench.lesions import background, case_seed, pipeline_config
 from msimaging.bench.realdata import DEFAULT_SHARED, PACKAGE
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def case_samples(bg: Any, mask_path: Path, cfg: dict[str, Any], rng: np.random.G
     sess = bg.session
     mask, m_aff = load_mni_mask(mask_path)
     imp = implant(sess.images, sess.affine, sess.brain, bg.wm, bg.admissible, mask, m_aff, bg.to_masks,
-                  bundled_profile(), _seed("train", sess.name, mask_path.name), own_truth=None, nawm=bg.nawm)
+                  bundled_profile(), case_seed("train", sess.name, mask_path.name), own_truth=None, nawm=bg.nawm)
     brain = sess.brain > 0
     exclude = np.zeros(brain.shape, bool)
     for own in (bg.own_truth, bg.own_pred):
@@ -111,9 +111,52 @@ def weighted_dice(p: np.ndarray, y: np.ndarray, w: np.ndarray, t: float) -> floa
     return 2 * tp / max(float(w[pred].sum() + w[y > 0].sum()), 1e-9)
 
 
+def samples_digest() -> str:
+    """sha256 of every package source but the model file (samples are made by all of them)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(PACKAGE.rglob("*")):
+        if p.is_file() and p.name != "lesion_model.json" and "__pycache__" not in p.parts:
+            h.update(p.relative_to(PACKAGE).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def build(data: Path, work: Path, cores: int) -> dict[str, Any]:
     from msimaging.implant import mask_files
-    from msimaging.lesion_model import fit_logistic
+
+    cache = work / f"lesion-samples-{samples_digest()}.npz"
+    pooled = load_samples(cache) if cache.is_file() else make_samples(data, work, cores)
+    if not cache.is_file():
+        save_samples(cache, pooled)
+    files = training_masks(mask_files(data / "ms-lesion-masks"))
+    return fit_models(pooled, files)
+
+
+def save_samples(path: Path, pooled: dict[tuple[str, ...], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]) -> None:
+    arrays = {}
+    for cs, parts in pooled.items():
+        key = "+".join(cs)
+        for i, (x, y, w) in enumerate(parts):
+            arrays[f"{key}|{i}|x"], arrays[f"{key}|{i}|y"], arrays[f"{key}|{i}|w"] = x.astype(np.float32), y, w
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+
+
+def load_samples(path: Path) -> dict[tuple[str, ...], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    z = np.load(path)
+    pooled: dict[tuple[str, ...], dict[int, list[np.ndarray]]] = {}
+    for k in z.files:
+        key, i, part = k.split("|")
+        pooled.setdefault(tuple(key.split("+")), {}).setdefault(int(i), [None, None, None])[  # type: ignore[list-item]
+            "xyw".index(part)] = z[k].astype(np.float64)
+    return {cs: [tuple(v[i]) for i in sorted(v)] for cs, v in pooled.items()}  # type: ignore[misc]
+
+
+def make_samples(data: Path, work: Path, cores: int
+                 ) -> dict[tuple[str, ...], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    from msimaging.implant import mask_files
 
     cfg = pipeline_config()
     # the backgrounds' own lesions (left out of the negatives) come from the rule-based detection,
@@ -129,6 +172,13 @@ def build(data: Path, work: Path, cores: int) -> dict[str, Any]:
             for cs, s in case_samples(bg, f, cfg, rng).items():
                 pooled.setdefault(cs, []).append(s)
             log.info("%s + %s: %.1f s", name, f.name.split("_")[0], time.perf_counter() - t0)
+    return pooled
+
+
+def fit_models(pooled: dict[tuple[str, ...], list[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+               files: list[Path]) -> dict[str, Any]:
+    from msimaging.lesion_model import fit_logistic
+
     models = []
     for cs, parts in pooled.items():
         x = np.concatenate([p[0] for p in parts])

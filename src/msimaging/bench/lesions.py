@@ -48,6 +48,13 @@ BACKGROUNDS: dict[str, tuple[str, str, str]] = {
     "sub-p12-01": ("ms-longitudinal", "p12", "01"),
     "sub-p12-02": ("ms-longitudinal", "p12", "02"),
 }
+#: Phantom cases: name -> (voxel size along the voxel axes (mm), orientation, seed).
+PHANTOMS: dict[str, tuple[tuple[float, float, float], str, int]] = {
+    "ph3mm": ((3.0, 3.0, 3.0), "LPS", 101),
+    "ph2mm": ((2.0, 2.0, 2.0), "oblique", 102),
+    "ph1x1x3": ((1.0, 1.0, 3.0), "LPS", 103),
+    "ph1mm": ((1.0, 1.0, 1.0), "RAS", 104),
+}
 #: Lesion-load bands of the targets (mL of truth).
 LOAD_BANDS: tuple[tuple[float, float, str], ...] = (
     (0.0, 2.0, "<2 mL"), (2.0, 10.0, "2-10 mL"), (10.0, 25.0, "10-25 mL"), (25.0, float("inf"), ">25 mL"))
@@ -72,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lesions-data", type=Path, default=DEFAULT_SHARED,
                         help="[lesions] the shared data folder (ms-crosssectional, ms-longitudinal, ms-lesion-masks)")
     parser.add_argument("--lesions-skip-real", action="store_true", help="[lesions] no sub-p07 expert-mask case")
+    parser.add_argument("--lesions-phantoms", default=",".join(PHANTOMS),
+                        help=f"[lesions] phantom cases among {', '.join(PHANTOMS)} ('' for none)")
 
 
 # --- the segmentation path, the baseline and the scoring ---------------------------------------------
@@ -108,7 +117,7 @@ def score(pred: np.ndarray, truth: np.ndarray, affine: np.ndarray, ignore: np.nd
     return out
 
 
-def _seed(*parts: object) -> int:
+def case_seed(*parts: object) -> int:
     return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:8], 16)
 
 
@@ -164,6 +173,34 @@ def background(name: str, data: Path, work: Path, cores: int, cfg: dict[str, Any
                       own_truth, own_pred, own_naive, to_masks)
 
 
+def phantom_case(name: str, work: Path, masks: Path | None, cores: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    """A phantom session through the pipeline's preparation, segmented and scored against its truth."""
+    from msimaging import io
+    from msimaging.evaluate import naive_flair_z
+    from msimaging.phantom import PhantomOptions, make_study
+
+    zooms, orientation, seed = PHANTOMS[name]
+    root = work / "phantoms" / name
+    if not (root / "dataset_description.json").is_file():
+        make_study(root, PhantomOptions(subjects=1, sessions=1, resolution_mm=zooms, seed=seed,
+                                        orientation=orientation, lesion_masks_dir=masks,
+                                        contrasts=("FLAIR", "T2w", "T1w")))
+    out = prepared_run(root, work, cores)
+    anat = next(root.glob("sub-*/ses-*/anat"))
+    sub, ses = anat.parts[-3][4:], anat.parts[-2][4:]
+    sess = load_session(out, sub, ses)
+    truth, t_aff = io.read_mask(next((root / "derivatives" / "truth").glob("sub-*/ses-*/anat/*_label-lesion_mask.nii.gz")))
+    if truth.shape != sess.brain.shape or not np.allclose(t_aff, sess.affine, atol=1e-3):
+        raise ValueError(f"{name}: the truth is not on the pipeline's session grid")
+    t0 = time.perf_counter()
+    labels = segment(sess.images, sess, cfg)
+    secs = time.perf_counter() - t0
+    return {"background": name, "mask": "(phantom)", "kind": "phantom", "truth_ml": float(truth.sum() * abs(
+        np.linalg.det(sess.affine[:3, :3])) / 1000.0), "method": score(labels > 0, truth, sess.affine, None),
+        "naive": score(naive_flair_z(sess.images["FLAIR"], sess.brain, sess.affine), truth, sess.affine, None),
+        "segment_s": secs}
+
+
 def implanted_case(bg: Background, mask_path: Path, seed: int, cfg: dict[str, Any]) -> dict[str, Any]:
     """Implant one real mask into one background, segment with the pipeline's path and score."""
     from msimaging.evaluate import naive_flair_z
@@ -173,7 +210,7 @@ def implanted_case(bg: Background, mask_path: Path, seed: int, cfg: dict[str, An
     mask, m_aff = load_mni_mask(mask_path)
     t0 = time.perf_counter()
     imp = implant(sess.images, sess.affine, sess.brain, bg.wm, bg.admissible, mask, m_aff, bg.to_masks,
-                  bundled_profile(), _seed(sess.name, mask_path.name, seed), own_truth=bg.own_truth, nawm=bg.nawm)
+                  bundled_profile(), case_seed(sess.name, mask_path.name, seed), own_truth=bg.own_truth, nawm=bg.nawm)
     t1 = time.perf_counter()
     labels = segment(imp.images, sess, cfg)
     t2 = time.perf_counter()
@@ -239,6 +276,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cases.append(r)
         print(_row("sub-p07 (expert mask)", r), flush=True)
     masks_dir = data / "ms-lesion-masks"
+    for name in [p.strip() for p in args.lesions_phantoms.split(",") if p.strip()]:
+        if name not in PHANTOMS:
+            raise SystemExit(f"unknown lesions phantom {name!r}; choose from {', '.join(PHANTOMS)}")
+        r = phantom_case(name, args.lesions_work, masks_dir if masks_dir.is_dir() else None, args.cores, cfg)
+        figures[name] = r
+        cases.append(r)
+        print(_row(name, r), flush=True)
     files = mask_files(masks_dir) if masks_dir.is_dir() else []
     if args.lesions_masks != "all":
         want = {m.strip() for m in args.lesions_masks.split(",") if m.strip()}
@@ -258,7 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cases.append(r)
             figures["cases"].append(r)
             print(_row(f"{name}+{r['mask']}", r), flush=True)
-    figures["bands"] = summarise([c for c in cases if c["kind"] != "real"])
+    figures["bands"] = summarise([c for c in cases if c["kind"] not in ("real", "phantom")])
     if figures["bands"]:
         print(f"\n{'band':<44}{'cases':>6}{'Dice':>8}{'P':>8}{'R':>8}{'F1':>8}{'nDice':>8}{'nF1':>8}")
         for band, b in figures["bands"].items():
