@@ -126,3 +126,24 @@ def test_participant_label_does_not_change_config_sha256(tmp_path):
     assert config_sha256(everyone) == config_sha256(some) == config_sha256(moved)
     assert config_sha256(cli._effective_config(bids, ["p01"], ["lesions.min_volume_mm3=15"], None)) != \
         config_sha256(some)
+
+
+def test_a_run_on_some_participants_leaves_the_others_merged_values_alone(tmp_path, capsys, monkeypatch):
+    bids, trial, out = _touch_study(tmp_path / "bids"), tmp_path / "trial.csv", tmp_path / "out"
+    trial.write_bytes(TRIAL)
+    call, _ = _fake_snakemake(("p01", "p02"), 0)
+    monkeypatch.setattr(cli.subprocess, "call", call)
+    assert main(["run", str(bids), str(out), "--outcome-dataset", str(trial)]) == 0
+    first = io.read_table(trial)
+
+    def only_p01(cmd, **kw):  # the p01-only run: its endpoints.csv holds p01, with new values
+        rc = _fake_snakemake(("p01",), 0)[0](cmd, **kw)
+        rows = io.read_table(out / L.ENDPOINTS_CSV)
+        io.write_table(out / L.ENDPOINTS_CSV, COLUMNS, [dict(r, t2_lesion_count="9") for r in rows], sep=",")
+        return rc
+
+    monkeypatch.setattr(cli.subprocess, "call", only_p01)
+    assert main(["run", str(bids), str(out), "--participant-label", "p01", "--outcome-dataset", str(trial)]) == 0
+    second = io.read_table(trial)
+    assert [r["mri_t2_lesion_count"] for r in second] == ["9", "9", "3", "4"]
+    assert second[2:] == first[2:]   # p02's rows, every merged cell kept
