@@ -761,7 +761,8 @@ def run_to_baseline(fu_path: str, fu_brain: str, bl_path: str, bl_brain: str, ou
 
 
 def brain_mask_template(data: np.ndarray, affine: np.ndarray, refine: bool = True,
-                        options: RegistrationOptions | None = None) -> tuple[np.ndarray, sitk.Transform, dict[str, float]]:
+                        options: RegistrationOptions | None = None
+                        ) -> tuple[np.ndarray, sitk.Transform, dict[str, float]]:
     """Brain mask of a raw (skull, neck) image: the MNI152 brain envelope carried by registration.
 
     1. a rough template-free mask (:func:`brain_mask_morphological`) starts the search;
@@ -835,5 +836,6 @@ __all__ = [
     "coregister_contrast", "register_to_baseline",
     "register_template", "normalised_correlation", "normalised_mutual_information", "gradient_correlation",
     "registration_checks", "plot_registration", "resample_halfway", "transform_from_matrix", "centred_euler",
-    "run_coregister", "run_to_baseline", "brain_mask_template", "run_brain_mask", "options_from_config", "euler_from_matrix",
+    "run_coregister", "run_to_baseline", "brain_mask_template", "run_brain_mask", "options_from_config",
+    "euler_from_matrix",
 ]

@@ -96,7 +96,8 @@ def test_the_graph_reader_sees_function_level_imports_and_circles(tmp_path):
     (pkg / "bench" / "x.py").write_text("from .. import a\nfrom . import y\n")
     (pkg / "bench" / "y.py").write_text("")
     graph = import_graph(pkg)
-    assert graph["msimaging.b"] == {"msimaging.c"} and graph["msimaging.bench.x"] == {"msimaging.a", "msimaging.bench.y"}
+    assert graph["msimaging.b"] == {"msimaging.c"}
+    assert graph["msimaging.bench.x"] == {"msimaging.a", "msimaging.bench.y"}
     assert cycles(graph) == [["msimaging.a", "msimaging.b", "msimaging.c"]]
 
 
