@@ -1,5 +1,5 @@
 """Rule brain_mask: brain mask of the session reference and the template transform."""
-from msimaging.preprocess import run_brain_mask
+from msimaging.register import run_brain_mask
 from msimaging.runtime import step
 
 smk = snakemake  # noqa: F821

@@ -252,6 +252,11 @@ def plan_merge(doc: CsvDocument, imaging: Sequence[Mapping[str, str]], options: 
         vis = _norm_visit(vals[i_vis]) if i_vis < len(vals) else ""
         subjects.add(sub)
         index.setdefault((sub, vis), []).append(r)
+    # two rows for one subject x visit: refused whatever is imaged (before the pipeline runs, too)
+    repeated = [f"sub {sub!r} visit {vis!r} is in rows {rows}" for (sub, vis), rows in index.items()
+                if len(rows) > 1 and sub and vis]
+    if repeated:
+        raise MergeError("rows of the outcome dataset are not unique for: " + "; ".join(repeated))
     out_cols = [options.prefix + c for c in columns]
     plan = MergePlan(new_columns=[c for c in out_cols if c not in header])
     full_header = header + plan.new_columns

@@ -192,7 +192,3 @@ def dataset_description() -> dict[str, Any]:
         "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "msimaging", "Version": __version__}],
     }
-
-
-# Moved to msimaging.recovery (issue #9); the names stay importable from here.
-from msimaging.recovery import failed_subjects, write_partial_outputs  # noqa: E402,F401

@@ -39,6 +39,7 @@ from msimaging.geometry import (
     voxel_sizes,
     voxel_to_world,
 )
+from msimaging.preprocess import brain_mask_morphological, head_mask, standardise
 
 log = logging.getLogger(__name__)
 
@@ -695,7 +696,6 @@ def run_coregister(moving_path: str, ref_path: str, brain_path: str, out_xfm: st
     the reference grid, standardised (white-matter peak = 1, see :func:`preprocess.standardise`).
     """
     from msimaging import io
-    from msimaging.preprocess import standardise
     from msimaging.qc import QCReport
 
     rcfg = cfg.get("registration", {})
@@ -760,10 +760,82 @@ def run_to_baseline(fu_path: str, fu_brain: str, bl_path: str, bl_brain: str, ou
     io.write_json(out_json, report.to_dict())
 
 
+def brain_mask_template(data: np.ndarray, affine: np.ndarray, refine: bool = True,
+                        options: RegistrationOptions | None = None
+                        ) -> tuple[np.ndarray, sitk.Transform, dict[str, float]]:
+    """Brain mask of a raw (skull, neck) image: the MNI152 brain envelope carried by registration.
+
+    1. a rough template-free mask (:func:`brain_mask_morphological`) starts the search;
+    2. the skull-stripped MNI152 T1 is registered to the image inside that mask and a margin
+       (similarity, then affine; mutual information, so any contrast works: FLAIR-only too);
+    3. the template's brain envelope (parenchyma, ventricles, sulcal CSF) is resampled onto
+       the image grid (partial volume kept, thresholded at 0.5);
+    4. ``refine``: the mask is held to the head (no voxel in the air outside the head or beyond
+       the field of view) and its holes filled.
+
+    Returns ``(mask, transform, figures)``: the transform puts template maps onto the image grid
+    (image points -> template points, ITK resampling convention); figures hold the NMI of the
+    image and the warped template, and the volume (mL) of the rough and final masks.
+    """
+    from msimaging.morphology import dilate_mm, fill_holes_slicewise, largest_component
+    from msimaging.template import load_template
+
+    head = head_mask(data, affine)
+    rough = brain_mask_morphological(data, affine, head)
+    xfm, nmi = register_template(data, affine, rough, options)
+    tpl = load_template()
+    frac = resample_array(tpl.brain_fraction, tpl.affine, Grid(tuple(data.shape), affine), xfm)  # type: ignore[arg-type]
+    mask = frac >= 0.5
+    if refine:
+        mask = fill_holes_slicewise(largest_component(mask & dilate_mm(head, 2.0, affine)))
+    vox_ml = float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    dice = 2.0 * float((rough & mask).sum()) / max(float(rough.sum() + mask.sum()), 1.0)
+    figures = {"template_nmi": float(nmi), "rough_volume_ml": float(rough.sum() * vox_ml),
+               "volume_ml": float(mask.sum() * vox_ml), "dice_vs_morphological": dice}
+    return mask, xfm, figures
+
+
+def run_brain_mask(ref_path: str, out_mask: str, out_template_xfm: str, out_json: str,
+                   subject: str, session: str, cfg: dict) -> None:
+    """Brain mask of the session reference image, and the template -> session transform.
+
+    QC: the mask volume (plausible adult range), the template similarity (NMI) and the
+    agreement of the template mask with the template-free one (a failed template registration
+    shows as a low Dice between the two).
+    """
+    from msimaging import io
+    from msimaging.qc import QCReport, threshold_status
+
+    bcfg = cfg.get("brain_mask", {})
+    data, affine = io.read_image(ref_path)
+    brain, xfm, figures = brain_mask_template(data, affine, refine=bool(bcfg.get("refine", True)),
+                                              options=template_options(cfg.get("registration", {})))
+    agreement = figures["dice_vs_morphological"]
+    io.write_mask(out_mask, brain, affine)
+    io.write_transform(out_template_xfm, xfm)
+    report = QCReport(subject, session)
+    volume_ml = figures["volume_ml"]
+    lo, hi = float(bcfg.get("min_volume_ml", 800.0)), float(bcfg.get("max_volume_ml", 2200.0))
+    status = "pass" if lo <= volume_ml <= hi else "warn"
+    report.add("brain_mask", "brain", "volume_ml", round(volume_ml, 1), status,
+               "" if status == "pass" else f"brain mask volume {volume_ml:.0f} mL is outside {lo:.0f}-{hi:.0f} mL")
+    nmi = figures["template_nmi"]
+    st = threshold_status(nmi, float(bcfg.get("warn_template_nmi", 1.01)), float(bcfg.get("fail_template_nmi", 1.005)))
+    report.add("brain_mask", "template", "nmi", round(nmi, 4), st,
+               "" if st == "pass" else f"template registration similarity {nmi:.3f} is low; check the brain mask")
+    st = threshold_status(agreement, 0.80, 0.60)
+    report.add("brain_mask", "template", "dice_vs_morphological", round(agreement, 4), st,
+               "" if st == "pass" else f"template and morphological brain masks disagree (Dice {agreement:.2f})")
+    report.figures["brain_mask_volume_ml"] = volume_ml
+    report.figures.update({k: round(v, 4) for k, v in figures.items()})
+    io.write_json(out_json, report.to_dict())
+
+
 __all__ = [
     "RegistrationOptions", "RegistrationResult", "RegistrationQC", "register", "rigid_register",
     "coregister_contrast", "register_to_baseline",
     "register_template", "normalised_correlation", "normalised_mutual_information", "gradient_correlation",
     "registration_checks", "plot_registration", "resample_halfway", "transform_from_matrix", "centred_euler",
-    "run_coregister", "run_to_baseline", "options_from_config", "euler_from_matrix",
+    "run_coregister", "run_to_baseline", "brain_mask_template", "run_brain_mask", "options_from_config",
+    "euler_from_matrix",
 ]

@@ -60,3 +60,31 @@ def test_participant_filter_and_missing_participant(tmp_path):
     study = discover(tmp_path, ["sub-b2", "c3"])
     assert list(study.subjects) == ["b2"]
     assert any("sub-c3" in p for p in study.problems)
+
+
+def test_baseline_session_overrides_the_time_order(tmp_path):
+    """``--config baseline_session=M06``: M06 is the baseline whatever acq_time and labels say."""
+    from types import SimpleNamespace
+
+    from msimaging.config import load_config
+    from msimaging.dag import Plan
+
+    for ses in ("M00", "M06", "M12"):
+        for c in ("FLAIR", "T1w"):
+            _touch(tmp_path / f"sub-p01/ses-{ses}/anat/sub-p01_ses-{ses}_{c}.nii.gz")
+    (tmp_path / "sub-p01/sub-p01_sessions.tsv").write_text(
+        "session_id\tacq_time\nses-M00\t2025-01-01T10:00:00\nses-M06\t2025-07-01T10:00:00\n"
+        "ses-M12\t2026-01-01T10:00:00\n")
+    default = Plan.from_config(load_config({"bids_dir": str(tmp_path)}))
+    assert default.baseline("p01") == "M00"
+    for value in ("M06", "ses-M06"):
+        plan = Plan.from_config(load_config({"bids_dir": str(tmp_path), "baseline_session": value}))
+        assert plan.baseline("p01") == "M06"
+        info = {ses: plan.session_info(SimpleNamespace(subject="p01", session=ses)) for ses in ("M00", "M06", "M12")}
+        assert [info[s]["is_baseline"] for s in ("M00", "M06", "M12")] == [False, True, False]
+        assert [info[s]["days_since_baseline"] for s in ("M00", "M06", "M12")] == [-181, 0, 184]
+        # follow-ups are compared with M06 (and no transform is asked for the baseline itself)
+        compare = plan.compare_inputs(SimpleNamespace(subject="p01", session="M12"))
+        assert "ses-M06" in compare["bl"] and "bl_xfm" not in compare and "ses-M12" in compare["fu_xfm"]
+    wrong = Plan.from_config(load_config({"bids_dir": str(tmp_path), "baseline_session": "M03"}))
+    assert any("baseline_session ses-M03 does not exist" in p for p in wrong.subject("p01").problems)

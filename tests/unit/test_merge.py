@@ -177,3 +177,30 @@ def test_refuses_ambiguous_rows_and_missing_key_columns(tmp_path):
         merge_dataset(path, [_imaging_row("p01", "M00", 1)], MergeOptions(), "1.0", now=NOW)
     assert path.read_bytes() == b"subject,visit\np01,M00\np01,M00\n"
     assert not audit_path(path).exists() and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_run_on_some_participants_leaves_the_others_merged_values_alone(tmp_path):
+    """endpoints.csv of a ``--participant-label p01`` run holds p01 only: p02's merged cells keep their bytes."""
+    from msimaging import io
+    from msimaging.endpoints import COLUMNS
+    from msimaging.merge import run_merge
+
+    path = tmp_path / "trial.csv"
+    path.write_bytes(b"subject,visit,arm\np01,M00,A\np02,M00,B\np02,M06,B\n")
+    everyone = tmp_path / "everyone.csv"
+    rows = [{c: "NA" for c in COLUMNS} | _imaging_row(s, v, n) for s, v, n in
+            (("p01", "M00", 1), ("p02", "M00", 7), ("p02", "M06", 8))]
+    io.write_table(everyone, COLUMNS, rows, sep=",")
+    run_merge(everyone, path, {})
+    before = {r["subject"] + r["visit"]: r for r in io.read_table(path)}
+    assert before["p02M06"]["mri_t2_lesion_count"] == "8"
+    n_audit = len(_audit(path))
+
+    some = tmp_path / "p01.csv"
+    io.write_table(some, COLUMNS, [dict(rows[0], t2_lesion_count="2", qc_status="warn")], sep=",")
+    res = run_merge(some, path, {})
+    after = {r["subject"] + r["visit"]: r for r in io.read_table(path)}
+    assert after["p01M00"]["mri_t2_lesion_count"] == "2" and res.changed_cells == 2
+    assert after["p02M00"] == before["p02M00"] and after["p02M06"] == before["p02M06"]
+    assert path.read_bytes().splitlines()[2:] == Path(res.backup).read_bytes().splitlines()[2:]
+    assert [a["subject"] for a in _audit(path)[n_audit:]] == ["p01", "p01"]

@@ -61,4 +61,6 @@ def test_head_mask_fills_the_object_and_leaves_the_air():
     head = P.head_mask(noisy.astype(np.float32), affine)
     dice = 2 * (head & inside).sum() / (head.sum() + inside.sum())
     assert dice > 0.97
-    assert G.voxel_volume_mm3(affine) > 0
+    # in physical units: the ellipsoid's semi-axes are 0.42 x (80, 80, 30) voxels of 2.5 x 2.5 x 6 mm
+    semi_mm = 0.42 * np.array([80, 80, 30]) * np.array([2.5, 2.5, 6.0])
+    assert head.sum() * G.voxel_volume_mm3(affine) == pytest.approx(4 / 3 * np.pi * semi_mm.prod(), rel=0.03)

@@ -1,7 +1,10 @@
 """Brain mask and registration accuracy on a raw phantom study against its truth (issue #3 targets).
 
-Skull and neck, oblique LPS headers, 2x2x3 mm voxels (the benchmark runs 0.7x0.7x3 mm),
-uint16, bias field, head poses of up to 10 degrees and 15 mm per acquisition.
+Skull and neck, oblique LPS headers, 2x2x3 mm voxels, uint16, bias field, head poses of up to
+10 degrees and 15 mm per acquisition. The benchmark (``bench registration``) runs 0.7x0.7x3 mm and
+three contrasts, which takes minutes; on this phantom the figures are as good (measured: Dice min
+0.9906, TRE worst median 0.08 mm within a visit, 0.06 mm to baseline) and are held at the README's
+figure (Dice 0.990) and within 0.15 mm.
 """
 
 import pytest
@@ -13,9 +16,9 @@ from msimaging.bench.registration import phantom_figures
 def test_brain_mask_dice_and_registration_tre_meet_the_targets(tmp_path):
     fig = phantom_figures(tmp_path, (2.0, 2.0, 3.0), seeds=1, contrasts=("FLAIR", "T1w"))
     assert fig["n_sessions"] == 2 and fig["n_coregistrations"] == 2 and fig["n_to_baseline"] == 1
-    assert fig["brain_mask_dice_min"] >= 0.95, fig
-    assert fig["coregister_tre_worst_median_mm"] <= 0.5, fig
-    assert fig["to_baseline_tre_worst_median_mm"] <= 0.5, fig
+    assert fig["brain_mask_dice_min"] >= 0.990, fig
+    assert fig["coregister_tre_worst_median_mm"] <= 0.15, fig
+    assert fig["to_baseline_tre_worst_median_mm"] <= 0.15, fig
     # N4 shrinks the white-matter spread the bias field adds (the phantom's field is mild in WM:
     # the strong check is test_preprocess.py); standardisation puts WM near 1
     assert fig["wm_cv_n4_median"] < fig["wm_cv_raw_median"], fig

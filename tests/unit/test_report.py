@@ -76,7 +76,6 @@ def test_figures_are_written_on_an_oblique_anisotropic_grid(tmp_path):
     shown = plot_overlays(img, affine, {"lesions": lesion}, str(tmp_path / "o.png"), n_slices=4, brain=brain)
     can = canonical(lesion.astype(np.uint8), affine).data
     assert all(can[:, :, z].any() for z in shown)
-    plot_registration(img, np.roll(img, 1, axis=0), affine, brain, str(tmp_path / "r.png"), "t", "A", "B")
     plot_lesion_thumbnail([("A", img), ("B", img)], lesion, affine, str(tmp_path / "t.png"), "lesion 1")
     import matplotlib.image as mpimg
 
@@ -86,6 +85,33 @@ def test_figures_are_written_on_an_oblique_anisotropic_grid(tmp_path):
     assert green[:, : thumb.shape[1] // 2].any() and green[:, thumb.shape[1] // 2:].any()
     with pytest.raises(ValueError, match="empty"):
         plot_lesion_thumbnail([("A", img)], np.zeros_like(lesion), affine, str(tmp_path / "x.png"), "none")
+
+
+def test_registration_figure_is_a_checkerboard_over_edges(tmp_path):
+    """Top row: tiles of the fixed and the moving image; bottom row: the moving image under the fixed one's edges."""
+    import matplotlib.image as mpimg
+
+    affine = oblique_affine(zooms=(1.0, 1.1, 2.5))
+    fixed = np.zeros((48, 48, 16))
+    fixed[12:36, 12:36, 3:13] = 100.0
+    brain = np.zeros(fixed.shape, bool)
+    brain[6:42, 6:42, 2:14] = True
+
+    def figure(moving: np.ndarray, name: str) -> np.ndarray:
+        plot_registration(fixed, moving, affine, brain, str(tmp_path / name), "t", "A", "B", n_slices=4)
+        return mpimg.imread(str(tmp_path / name))[..., :3]
+
+    same, blank = figure(fixed, "same.png"), figure(np.zeros_like(fixed), "blank.png")
+    assert same.shape == blank.shape == (368, 672, 3)  # 2 rows x 4 slices at 80 dpi
+    half = same.shape[0] // 2
+    # the checkerboard with an empty moving image keeps about half of the fixed image's bright tiles
+    bright = lambda rgb: int((rgb[:half].min(axis=2) > 0.6).sum())  # noqa: E731
+    assert bright(same) > 2000
+    assert 0.3 < bright(blank) / bright(same) < 0.7
+    # the fixed image's edges are drawn in yellow on the bottom row only, over the empty moving image too
+    for rgb in (same, blank):
+        yellow = (rgb[..., 0] > 0.5) & (rgb[..., 1] > 0.5) & (rgb[..., 0] - rgb[..., 2] > 0.4)
+        assert yellow[half:].sum() > 800 and yellow[:half].sum() == 0
 
 
 def test_page_is_self_contained_and_counts_its_figures():

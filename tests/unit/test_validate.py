@@ -6,7 +6,13 @@ line ``msimaging validate`` prints for it. The fuzz test at the bottom feeds ran
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
 import struct
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -146,17 +152,42 @@ def test_header_only(study, capsys):
     one_error(root, capsys, FLAIR, "less than a NIfTI header")
 
 
-def test_unreadable_permissions(study, capsys):
-    import os
-
-    root, f = study
-    f.chmod(0)
+@contextmanager
+def unprivileged() -> Iterator[None]:
+    """Run the block as ``nobody`` when the tests run as root (CI does): root reads any file."""
+    if os.geteuid() != 0:
+        yield
+        return
     try:
-        if os.access(f, os.R_OK):  # root reads anything
-            pytest.skip("running as a user who can read unreadable files")
-        one_error(root, capsys, FLAIR, "cannot be opened", "permissions")
+        uid, gid = pwd.getpwnam("nobody").pw_uid, pwd.getpwnam("nobody").pw_gid
+    except KeyError:
+        uid = gid = 65534
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        yield
     finally:
-        f.chmod(0o644)
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def test_unreadable_permissions(capsys):
+    # a folder that nobody may enter (pytest's tmp_path is private to root)
+    root = Path(tempfile.mkdtemp(prefix="msimaging-unreadable-"))
+    try:
+        root.chmod(0o755)
+        f = make_study(root)[("p01", "M06", "FLAIR")]
+        # readable, it validates (and every module the check needs is imported while the
+        # interpreter's own files are still readable: they may sit under /root)
+        assert validate(root, capsys)[:2] == (0, [])
+        f.chmod(0)
+        with unprivileged():
+            assert not os.access(f, os.R_OK, effective_ids=True)
+            assert os.access(f.parent, os.R_OK | os.X_OK, effective_ids=True)
+            one_error(root, capsys, FLAIR, "cannot be opened", "permissions")
+        assert os.geteuid() == os.getuid()
+    finally:
+        shutil.rmtree(root)
 
 
 def test_broken_symlink(study, capsys):

@@ -171,8 +171,9 @@ def test_adjudication_and_outcome_merge_rerun_only_the_group_step(copied_run, ph
     b, a = before[("p01", "M06")], after[("p01", "M06")]
     for col in ("t2_lesion_count", "new_t2_vs_baseline", "new_t2_vs_previous"):
         assert int(a[col]) == int(b[col]) - 1, col
-    if b["cua_lesion_count"] != "NA":
-        assert int(a["cua_lesion_count"]) == int(b["cua_lesion_count"]) - 1
+    # p01 has ce-T1w: its CUA is measured, and the rejected new lesion (no Gd+ overlap) leaves it
+    assert b["cua_lesion_count"] != "NA", b
+    assert int(a["cua_lesion_count"]) == int(b["cua_lesion_count"]) - 1
     vol = float(new_plain[0]["volume_mm3"]) / 1000
     assert float(a["t2_lesion_volume_ml"]) == pytest.approx(float(b["t2_lesion_volume_ml"]) - vol, abs=2e-4)
     assert a["reader_adjudicated"] == "true" and f"lesion {lid} rejected by R1 (flow artefact)" in a["qc_notes"]

@@ -8,7 +8,7 @@ transform against the truth transforms, and the seconds each step takes. Real pa
 baseline transform ``T`` against the expert reference transforms ``A1``, ``A2`` (common grid ->
 each visit's FLAIR): TRE(p) = |T(A1(p)) - A2(p)| over the reference brain mask. Every step runs
 exactly as the workflow runs it (:func:`preprocess.n4_bias_correct`,
-:func:`preprocess.brain_mask_template`, :func:`register.coregister_contrast`,
+:func:`register.brain_mask_template`, :func:`register.coregister_contrast`,
 :func:`register.register_to_baseline`).
 """
 
@@ -61,7 +61,8 @@ def _tre(estimate: Any, truth: Any, points: np.ndarray) -> dict[str, float]:
 def prepare(path: Path) -> dict[str, Any]:
     """Raw reference image -> N4-corrected image and brain mask, with step timings."""
     from msimaging import io
-    from msimaging.preprocess import brain_mask_template, n4_bias_correct
+    from msimaging.preprocess import n4_bias_correct
+    from msimaging.register import brain_mask_template
 
     data, affine = io.read_image(path)
     t0 = time.perf_counter()
