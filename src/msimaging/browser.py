@@ -273,6 +273,12 @@ class Chromium:
             self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left",
                       clickCount=0 if kind == "mouseMoved" else 1)
 
+    def wheel(self, selector: str, delta_y: float) -> None:
+        """A mouse-wheel turn over the centre of the element (negative: away from the user)."""
+        b = self.box(selector)
+        self.send("Input.dispatchMouseEvent", type="mouseWheel", x=b["vx"] + b["w"] / 2, y=b["vy"] + b["h"] / 2,
+                  deltaX=0, deltaY=delta_y)
+
     def screenshot(self, out_png: str | Path, selector: str | None = None, full_page: bool = False,
                    padding: int = 0) -> Path:
         """A PNG of the viewport, the whole page or one element."""

@@ -315,6 +315,7 @@ def finish_run(out: Path, study: Any, config: dict[str, Any], rc: int) -> int:
     failed = failed_subjects(out, list(study.subjects))
     if rc != 0 or failed:
         write_partial_outputs(out, study, failed)
+        _partial_cohort_page(out, config)
         print(f"msimaging: {len(failed)} of {len(study.subjects)} subject(s) failed (their rows in endpoints.csv "
               "have qc_status=fail):", file=sys.stderr)
         for sub, (reason, log_path) in failed.items():
@@ -325,9 +326,22 @@ def finish_run(out: Path, study: Any, config: dict[str, Any], rc: int) -> int:
               "command again (finished steps are not recomputed)", file=sys.stderr)
         return EXIT_FAILED
     print(f"msimaging: endpoints: {out / L.ENDPOINTS_CSV}")
+    print(f"msimaging: cohort page: {out / L.COHORT_HTML}")
     for sub in study.subjects:
         print(f"msimaging: QC page: {out / L.qc_page(sub)}")
     return EXIT_OK
+
+
+def _partial_cohort_page(out: Path, config: dict[str, Any]) -> None:
+    """cohort.html over the partial tables, so the failed rows head its list (the next run rebuilds it)."""
+    from msimaging import layout as L
+    from msimaging.cohort import run_cohort
+
+    try:
+        run_cohort(out / L.ENDPOINTS_CSV, out / L.QC_TSV, out / L.COHORT_HTML, config,
+                   (config.get("outcome") or {}).get("dataset") or None)
+    except Exception as exc:  # the run's failure is what matters; the page is a convenience
+        print(f"msimaging: cohort page not written ({exc})", file=sys.stderr)
 
 
 # --- demo, phantom, evaluate, validate -------------------------------------------------------------
