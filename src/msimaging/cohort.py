@@ -80,6 +80,7 @@ TABLE_COLUMNS = ("days_since_baseline", "qc_status", "t2_lesion_count", "t2_lesi
                  "enlarging_t2_vs_previous", "gd_lesion_count", "cua_lesion_count", "brain_volume_ml", "bpf",
                  "pbvc_vs_baseline", "qc_notes")
 
+NO_ARM = "(no arm)"
 STATUS_COLOURS = {"pass": "#2a7", "warn": "#e90", "fail": "#d22"}
 OUTLIER_COLOUR = "#d22"
 
@@ -282,7 +283,6 @@ def look_first(rows: Sequence[Row], figures: Sequence[Figure], opts: CohortOptio
                 found.append(Finding(r["subject"], r["session"], f"many {name}",
                                      f"{x:.0f} {name}, cohort {rng.describe()}", 3))
     for fig in figures:
-        assert fig.range is not None or not fig.outliers()
         for sub, ses, x in fig.outliers():
             found.append(Finding(sub, ses, f"outside the expected range: {fig.title}",
                                  f"{_fmt(x)}; cohort {fig.range.describe()}", 4))  # type: ignore[union-attr]
@@ -323,10 +323,12 @@ class Grouping:
         return bool(self.arms)
 
     def arm(self, subject: str) -> str:
-        return self.arms.get(subject, "(no arm)")
+        return self.arms.get(subject, NO_ARM)
 
-    def groups(self) -> list[str]:
-        return sorted(set(self.arms.values())) + (["(no arm)"] if "(no arm)" in self.arms.values() else [])
+    def groups(self, subjects: Sequence[str]) -> list[str]:
+        """The arms of these subjects, sorted, then "(no arm)" when one of them has none."""
+        arms = {self.arm(s) for s in subjects}
+        return sorted(arms - {NO_ARM}) + ([NO_ARM] if NO_ARM in arms else [])
 
 
 def grouping(opts: CohortOptions, dataset: bytes | None, subject_column: str) -> Grouping:
@@ -385,7 +387,7 @@ def plot_trajectories(rows: Sequence[Row], group: Grouping) -> bytes:
     """Each subject's endpoints over visits, one panel per endpoint; coloured by subject or arm."""
     plt = _plt()
     subjects = list(dict.fromkeys(r["subject"] for r in rows))
-    keys = group.groups() if group.by_arm else subjects
+    keys = group.groups(subjects) if group.by_arm else subjects
     colours = _colours(keys)
     xs = _visit_x(rows)
     ncol = 4
@@ -417,7 +419,7 @@ def plot_trajectories(rows: Sequence[Row], group: Grouping) -> bytes:
 def plot_distribution(fig_data: Figure, group: Grouping) -> bytes:
     """The cohort's values of one figure as a strip plot: expected range shaded, values outside it marked."""
     plt = _plt()
-    lanes = group.groups() if group.by_arm else ["cohort"]
+    lanes = group.groups([v[0] for v in fig_data.values]) if group.by_arm else ["cohort"]
     fig, ax = plt.subplots(figsize=(6.2, 0.55 + 0.42 * len(lanes)))
     rng = fig_data.range
     if rng is not None:

@@ -146,7 +146,15 @@ def test_arms_from_dataset_matches_subjects_with_or_without_prefix():
     assert cohort.arms_from_dataset(data, "id", "arm") == {"p01": "A", "p02": "B"}
     assert cohort.arms_from_dataset(data, "id", "group") is None
     g = cohort.grouping(CohortOptions(arm_column="arm", unblinded=True), data, "id")
-    assert g.by_arm and g.groups() == ["A", "B"] and g.arm("p09") == "(no arm)"
+    assert g.by_arm and g.groups(["p01", "p02"]) == ["A", "B"] and g.arm("p09") == "(no arm)"
+    assert g.groups(["p02", "p09"]) == ["B", "(no arm)"]
+
+
+def test_unblinded_page_draws_subjects_the_dataset_lacks_as_no_arm(tmp_path):
+    data = _dataset(tmp_path).read_text(encoding="utf-8").replace("sub-p04;", "sub-p99;")
+    (tmp_path / "partial.csv").write_text(data, encoding="utf-8")
+    page = _page(tmp_path, {"arm_column": "treatment_arm", "unblinded": True}, tmp_path / "partial.csv")
+    assert re.search(r"<tr data-subject='p04'[^>]*>.*?<td>\(no arm\)</td>", page)
 
 
 def test_page_has_a_row_and_a_link_per_visit_and_is_self_contained(tmp_path):
