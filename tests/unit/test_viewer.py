@@ -121,3 +121,33 @@ def test_a_1mm_three_visit_subject_fits_the_page_budget():
     size = len(viewer.section_html("v", "t", view, []))
     assert np.prod(view.grid.shape) <= per
     assert 3 * size < 15e6     # three visits' viewers; the page's PNG figures are about 2-4 MB more
+
+
+def test_viewer_runs_in_chromium_and_a_row_click_centres_it(tmp_path):
+    from msimaging.browser import Chromium, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("headless Chromium is not installed (make browser)")
+    flair, affine, brain, lesion, gd = _visit()
+    ijk = np.argwhere(gd).mean(axis=0)
+    ras = tuple(float(v) for v in (affine @ np.r_[ijk, 1.0])[:3])
+    view = viewer.session_view(flair, affine, brain, {"lesions": lesion, "enhancing": gd}, {"ce-T1w": flair})
+    page = tmp_path / "page.html"
+    page.write_text("<!DOCTYPE html><html><body>" + viewer.section_html(
+        "v1", "test", view, [InventoryLesion("p01", "M00", "Gd1", "Gd", 20.0, ras)]) + viewer.assets_html()
+        + "</body></html>", encoding="utf-8")
+    with Chromium() as b:
+        b.open(page)
+        assert b.wait_for("document.body.dataset.viewersReady") == "1"
+        centre = [n // 2 for n in view.grid.shape]
+        assert b.evaluate("document.querySelector('#v1 .msv-pos').dataset.voxel") == " ".join(map(str, centre))
+        b.click("tr.msv-lesion[data-lesion='Gd1']")
+        assert b.evaluate("document.querySelector('#v1 .msv-pos').dataset.voxel") == \
+            " ".join(map(str, view.grid.voxel(ras)))
+        assert b.evaluate("document.querySelector('#v1 .msv-index[data-plane=axial]').dataset.index") == \
+            str(view.grid.voxel(ras)[2])
+        # clicking in the coronal plane moves x and z, keeps y
+        b.click("#v1 canvas[data-plane=coronal]")
+        after = [int(v) for v in b.evaluate("document.querySelector('#v1 .msv-pos').dataset.voxel").split()]
+        assert after[1] == view.grid.voxel(ras)[1]
+        assert b.errors() == []
