@@ -401,6 +401,8 @@ def plot_trajectories(rows: Sequence[Row], group: Grouping) -> bytes:
                 continue
             colour = colours[group.arm(sub) if group.by_arm else sub]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", color=colour, lw=1.2, ms=3.5, alpha=0.85)
+            ax.annotate(sub, pts[-1], xytext=(2, 0), textcoords="offset points", fontsize=5, color=colour,
+                        va="center")
         ax.set_title(title, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
