@@ -473,10 +473,12 @@ def table_html(rows: Sequence[Row], group: Grouping) -> str:
             cells.append(f"<td>{html.escape(group.arm(sub))}</td>")
         for c in TABLE_COLUMNS:
             val = r.get(c, "")
-            css = f" class='status-{html.escape(status)}'" if c == "qc_status" else ""
+            css = f" class='status-{html.escape(status)}'" if c == "qc_status" else " class='notes'" \
+                if c == "qc_notes" else ""
             cells.append(f"<td{css}>{html.escape(val if val is not None else '')}</td>")
         body.append(f"<tr data-subject='{html.escape(sub)}' data-session='{html.escape(ses)}'>{''.join(cells)}</tr>")
-    return f"<table id='cohort-table'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return (f"<div class='wide'><table id='cohort-table'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}"
+            "</tbody></table></div>")
 
 
 def findings_html(findings: Sequence[Finding]) -> str:
@@ -495,7 +497,7 @@ _STYLE = (
     "img.dist{max-width:48%;margin:2px}.dists{display:flex;flex-wrap:wrap}"
     ".note{color:#555;font-size:12px}td.status-pass{background:#dfd}td.status-warn{background:#fe9}"
     "td.status-fail{background:#f99}#look-first li{margin:2px 0;font-size:13px}"
-    ".severity-0 b{color:#b00}.severity-1 b{color:#a60}"
+    ".severity-0 b{color:#b00}.severity-1 b{color:#a60}td.notes{min-width:32em}.wide{overflow-x:auto}"
 )
 
 
