@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CORES ?= 2
 
-.PHONY: install demo test test-fast lint bench browser clean
+.PHONY: install demo test test-fast lint bench browser screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,5 +47,15 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m msimaging.bench --cores $(CORES)
 
+## screenshots: the README's pictures of cohort.html and the viewer (docs/*.png), from a 3 subject x 3 visit
+## phantom study run through the whole pipeline (needs headless Chromium: make browser)
+SCREENSHOT_RESOLUTION ?= 3
+screenshots: $(STAMP) browser
+	rm -rf screenshots-study
+	$(BIN)/msimaging phantom screenshots-study/bids --subjects 3 --sessions 3 --resolution $(SCREENSHOT_RESOLUTION) \
+		--seed 18 --orientation LPS
+	$(BIN)/msimaging run screenshots-study/bids screenshots-study/derivatives --cores $(CORES)
+	$(BIN)/msimaging screenshots screenshots-study/derivatives --docs docs
+
 clean:
-	rm -rf demo bench-results .pytest_cache
+	rm -rf demo bench-results screenshots-study .pytest_cache

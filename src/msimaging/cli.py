@@ -87,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     va.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                     help="e.g. validation.min_fov_mm=60 baseline_session=M00 (see config/README.md)")
 
+    sc = sub.add_parser("screenshots", help="screenshots of a run's cohort.html and subject viewer (README)",
+                        description="Opens OUTPUT_DIR/cohort.html and a subject page in headless Chromium "
+                                    "(make browser) and writes cohort.png, cohort-trajectories.png and viewer.png.")
+    sc.add_argument("output_dir", type=Path, help="a finished run's output folder")
+    sc.add_argument("--docs", type=Path, default=Path("docs"), help="where the PNGs go (default: docs)")
+    sc.add_argument("--subject", default=None, help="the subject whose viewer is shown (default: the first)")
+
     im = sub.add_parser("import-dicom", help="convert one visit's DICOM series into BIDS (no identifying data)")
     im.add_argument("dicom_dir", type=Path)
     im.add_argument("bids_dir", type=Path)
@@ -308,6 +315,7 @@ def finish_run(out: Path, study: Any, config: dict[str, Any], rc: int) -> int:
     failed = failed_subjects(out, list(study.subjects))
     if rc != 0 or failed:
         write_partial_outputs(out, study, failed)
+        _partial_cohort_page(out, config)
         print(f"msimaging: {len(failed)} of {len(study.subjects)} subject(s) failed (their rows in endpoints.csv "
               "have qc_status=fail):", file=sys.stderr)
         for sub, (reason, log_path) in failed.items():
@@ -318,9 +326,22 @@ def finish_run(out: Path, study: Any, config: dict[str, Any], rc: int) -> int:
               "command again (finished steps are not recomputed)", file=sys.stderr)
         return EXIT_FAILED
     print(f"msimaging: endpoints: {out / L.ENDPOINTS_CSV}")
+    print(f"msimaging: cohort page: {out / L.COHORT_HTML}")
     for sub in study.subjects:
         print(f"msimaging: QC page: {out / L.qc_page(sub)}")
     return EXIT_OK
+
+
+def _partial_cohort_page(out: Path, config: dict[str, Any]) -> None:
+    """cohort.html over the partial tables, so the failed rows head its list (the next run rebuilds it)."""
+    from msimaging import layout as L
+    from msimaging.cohort import run_cohort
+
+    try:
+        run_cohort(out / L.ENDPOINTS_CSV, out / L.QC_TSV, out / L.COHORT_HTML, config,
+                   (config.get("outcome") or {}).get("dataset") or None)
+    except Exception as exc:  # the run's failure is what matters; the page is a convenience
+        print(f"msimaging: cohort page not written ({exc})", file=sys.stderr)
 
 
 # --- demo, phantom, evaluate, validate -------------------------------------------------------------
@@ -470,8 +491,24 @@ def cmd_import_dicom(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_screenshots(args: argparse.Namespace) -> int:
+    from msimaging import layout as L
+    from msimaging.browser import BrowserError, page_screenshots
+
+    for name in (L.COHORT_HTML, L.ENDPOINTS_CSV):
+        if not (args.output_dir / name).is_file():
+            raise UsageError(f"{args.output_dir / name}: not found (run the pipeline first)")
+    try:
+        shots = page_screenshots(args.output_dir, args.docs, args.subject)
+    except BrowserError as exc:
+        raise UsageError(str(exc)) from exc
+    for path in shots:
+        print(f"msimaging: screenshot {path}")
+    return EXIT_OK
+
+
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "phantom": cmd_phantom, "evaluate": cmd_evaluate,
-            "validate": cmd_validate, "import-dicom": cmd_import_dicom}
+            "validate": cmd_validate, "import-dicom": cmd_import_dicom, "screenshots": cmd_screenshots}
 
 
 if __name__ == "__main__":  # pragma: no cover

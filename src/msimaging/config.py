@@ -13,8 +13,9 @@ import yaml
 
 from msimaging.resources import CONFIG_FILE, SCHEMA_FILE
 
-#: Keys that say where data lives, not how it is measured: left out of config_sha256.
-LOCATION_KEYS = ("bids_dir", "participant_label", "outcome")
+#: Keys that say where data lives or how results are shown, not how they are measured: left out of
+#: config_sha256.
+LOCATION_KEYS = ("bids_dir", "participant_label", "outcome", "cohort")
 
 
 class ConfigError(ValueError):

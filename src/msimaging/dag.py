@@ -16,9 +16,10 @@ from msimaging.bids import Session, Study, Subject, discover
 
 
 class Plan:
-    def __init__(self, study: Study, adjudication: str | None = None):
+    def __init__(self, study: Study, adjudication: str | None = None, arm_dataset: str | None = None):
         self.study = study
         self.adjudication = adjudication  # the reader's adjudication TSV (config outcome.adjudication)
+        self.arm_dataset = arm_dataset    # the outcome dataset, read for arms only when the trial is unblinded
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Plan":
@@ -26,7 +27,11 @@ class Plan:
         labels = list(config.get("participant_label") or []) or None
         baseline = (config.get("baseline_session") or "").removeprefix("ses-") or None
         adjudication = str((config.get("outcome") or {}).get("adjudication") or "") or None
-        return cls(discover(bids_dir, labels, baseline) if bids_dir else Study(bids_dir=Path(".")), adjudication)
+        cohort = config.get("cohort") or {}
+        dataset = str((config.get("outcome") or {}).get("dataset") or "") or None
+        arm_dataset = dataset if cohort.get("unblinded") and cohort.get("arm_column") else None
+        return cls(discover(bids_dir, labels, baseline) if bids_dir else Study(bids_dir=Path(".")), adjudication,
+                   arm_dataset)
 
     # --- lookups -------------------------------------------------------------------------------
     def subjects(self) -> list[str]:
@@ -118,7 +123,8 @@ class Plan:
 
     def all_targets(self) -> list[str]:
         # QC pages are deliverables: a deleted page is rebuilt even when the tables are up to date
-        return [L.ENDPOINTS_CSV, L.ENDPOINTS_JSON, L.QC_TSV, *(L.qc_page(s) for s in self.subjects() if self.usable(s))]
+        return [L.ENDPOINTS_CSV, L.ENDPOINTS_JSON, L.QC_TSV, L.COHORT_HTML,
+                *(L.qc_page(s) for s in self.subjects() if self.usable(s))]
 
     def raw_images(self, sub: str) -> list[str]:
         return [str(p) for s in self.subject(sub).sessions for p in s.images.values()]
@@ -239,4 +245,12 @@ class Plan:
                   "reports": [r for s in subs for ses in self.sessions(s) for r in self.step_reports(s, ses)]}
         if self.adjudication:
             inputs["adjudication"] = [self.adjudication]
+        return inputs
+
+    def cohort_inputs(self, wc: Any = None) -> dict[str, list[str] | str]:
+        """The group tables, the subject pages it links to and, for an unblinded trial, the outcome dataset."""
+        inputs: dict[str, list[str] | str] = {"csv": L.ENDPOINTS_CSV, "qc": L.QC_TSV,
+                                              "pages": [L.qc_page(s) for s in self.subjects() if self.usable(s)]}
+        if self.arm_dataset:
+            inputs["dataset"] = self.arm_dataset
         return inputs

@@ -82,6 +82,7 @@ def qc_page(sub: str) -> str:
     return f"sub-{sub}.html"
 
 
+COHORT_HTML = "cohort.html"              # the group page (msimaging.cohort)
 ENDPOINTS_CSV = "endpoints.csv"
 ENDPOINTS_JSON = "endpoints.json"
 QC_TSV = "qc.tsv"

@@ -345,7 +345,7 @@ def run_report(subject: str, sessions: list[dict[str, Any]], out_html: str, figu
 
     ``sessions``: per session (visit order) the files :meth:`dag.Plan.subject_info` lists.
     """
-    from msimaging import io
+    from msimaging import io, viewer
     from msimaging import layout as L
     from msimaging.adjudication import INVENTORY_COLUMNS, session_inventory
     from msimaging.geometry import Grid, read_transform, resample_array
@@ -365,6 +365,7 @@ def run_report(subject: str, sessions: list[dict[str, Any]], out_html: str, figu
              "<p class='note'>Axial slices in radiological orientation (R = subject's right). Lesion ids are "
              "those of the adjudication file (T2: label of the lesion dseg; Gd+: Gd&lt;k&gt;).</p>"]
     inventory_rows: list[dict[str, Any]] = []
+    viewer_voxels = viewer.per_volume_voxels(sum(1 + ("enhancing" in s) for s in sessions))
     baseline_info = next((s for s in sessions if s.get("is_baseline")), sessions[0] if sessions else None)
     for info in sessions:
         ses = info["session"]
@@ -398,6 +399,14 @@ def run_report(subject: str, sessions: list[dict[str, Any]], out_html: str, figu
         else:
             parts.append("<p class='note'>Gd+ not measured (ce-T1w or T1w missing): no enhancing overlay.</p>")
 
+        # the interactive viewer (msimaging.viewer), before the registration checks
+        lesion_rows = io.read_table(info["lesion_table"])
+        inventory = session_inventory(subject, ses, dseg, lesion_rows, gd_mask, ref_affine, rules)
+        parts.append("<h3>Viewer</h3>" + viewer.visit_html(
+            f"{stem}-viewer", f"ses-{ses}: scroll (wheel or slider), click to move the cross", ref_img, ref_affine,
+            brain, {**overlays, **({"enhancing": gd_mask} if gd_mask is not None else {})},
+            {"ce-T1w": cache["ce"]} if "ce" in cache else {}, inventory, info["reference"], viewer_voxels))
+
         # registration checks
         parts.append("<h3>Registration checks</h3>")
         for contrast, path in sorted(info.get("coregistered", {}).items()):
@@ -425,8 +434,6 @@ def run_report(subject: str, sessions: list[dict[str, Any]], out_html: str, figu
             parts.append("<p class='note'>Single-contrast baseline visit: nothing registered.</p>")
 
         # every counted lesion, and thumbnails of the active ones
-        lesion_rows = io.read_table(info["lesion_table"])
-        inventory = session_inventory(subject, ses, dseg, lesion_rows, gd_mask, ref_affine, rules)
         inventory_rows += [les.to_row() for les in inventory]
         gd_labels = label_lesions(gd_mask, ref_affine, rules) if gd_mask is not None else None
         thumbs = []
@@ -463,6 +470,7 @@ def run_report(subject: str, sessions: list[dict[str, Any]], out_html: str, figu
         parts.append("<details><summary>All counted lesions of this visit (lesion inventory)</summary>"
                      + _rows_html([{k: io.format_value(v, 1) for k, v in les.to_row().items()} for les in inventory],
                                   INVENTORY_COLUMNS[1:]) + "</details>")
+    parts.append(viewer.assets_html())
     io.write_text(out_html, page_html(subject, parts, n_figs))
     if out_inventory:
         io.write_table(out_inventory, INVENTORY_COLUMNS, inventory_rows)

@@ -105,3 +105,32 @@ rule outcome_dataset:
         "../envs/msimaging.yaml"
     script:
         "../../scripts/outcome_dataset.py"
+
+
+# The group page takes seconds: like the group tables it runs on the submit node.
+localrules:
+    cohort_report,
+
+
+rule cohort_report:
+    input:
+        unpack(PLAN.cohort_inputs),
+    output:
+        page=report(
+            L.COHORT_HTML,
+            caption="../report/cohort_page.rst",
+            category="Cohort",
+            labels={"figure": "cohort page"},
+        ),
+    log:
+        "logs/cohort_report/group.log",
+    benchmark:
+        "benchmarks/cohort_report/group.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/msimaging.yaml"
+    script:
+        "../../scripts/cohort_report.py"
