@@ -170,9 +170,63 @@ def bundled_models() -> dict[tuple[str, ...], LogisticModel]:
     return load_models(ref.read_text())
 
 
+@lru_cache(maxsize=1)
+def bundled_component_model() -> LogisticModel | None:
+    """The shipped component-stage model (None when the package has none)."""
+    ref = resources.files("msimaging").joinpath("data", MODEL_FILE)
+    if not ref.is_file():
+        return None
+    d = json.loads(ref.read_text()).get("components")
+    return LogisticModel.from_json(d) if d else None
+
+
 def bundled_training() -> dict[str, Any]:
     """What the shipped models were trained on (backgrounds, masks), for held-out scoring."""
     ref = resources.files("msimaging").joinpath("data", MODEL_FILE)
     if not ref.is_file():
         return {}
     return dict(json.loads(ref.read_text()).get("training", {}))
+
+
+# --- the component stage ---------------------------------------------------------------------------
+
+#: Candidate components are connected voxels whose voxel-model probability reaches this fraction of
+#: the voxel model's threshold (in odds): lower than the voxel threshold, so that small faint
+#: lesions become candidates and the component stage decides on their pooled evidence.
+CANDIDATE_ODDS = 0.35
+
+
+COMPONENT_FEATURES = ("log_volume", "mean_logit", "max_logit", "frac_above", "hyper_mean", "mirror_z", "post_gm",
+                      "prior_csf", "depth_max")
+
+
+def component_features(labels: np.ndarray, n: int, logit: np.ndarray, hyper_excess: np.ndarray,
+                       mirror_z: np.ndarray, post_gm: np.ndarray, prior_csf: np.ndarray, depth_mm: np.ndarray,
+                       voxel_mm3: float) -> np.ndarray:
+    """(n, K) features (``COMPONENT_FEATURES``) of components 1..n of ``labels`` (maps on its voxels).
+
+    The other contrasts enter through the voxel model's ``logit`` (shifted so its threshold is 0),
+    so one component model serves every contrast set. ``hyper_excess``: FLAIR (else T2w) over
+    local NAWM - 1; ``mirror_z``: that contrast above
+    the brightest contralateral FLAIR near the mirror image, in NAWM SDs (symmetric normal
+    hyperintensities score low; it is evidence, weighed with the rest, never a veto).
+    """
+    lab = labels.ravel()
+    sel = lab > 0
+    idx = lab[sel]
+
+    def mean(v: np.ndarray) -> np.ndarray:
+        s = np.bincount(idx, weights=np.asarray(v, np.float64).ravel()[sel], minlength=n + 1)[1:]
+        return s / np.maximum(counts, 1)
+
+    counts = np.bincount(idx, minlength=n + 1)[1:].astype(np.float64)
+    lg = np.asarray(logit, np.float64).ravel()[sel]
+    mx = np.full(n + 1, -np.inf)
+    np.maximum.at(mx, idx, lg)
+    dmax = np.zeros(n + 1)
+    np.maximum.at(dmax, idx, np.asarray(depth_mm, np.float64).ravel()[sel])
+    cols = [np.log(np.maximum(counts * voxel_mm3, 1.0)) / 3.0, np.clip(mean(logit), -10, 10) / 4.0,
+            np.clip(mx[1:], -10, 10) / 4.0, mean(np.asarray(logit) > 0)]
+    cols += [np.clip(mean(hyper_excess), -CLIP, CLIP)]
+    cols += [np.clip(mean(mirror_z), -10, 10) / 4.0, mean(post_gm), mean(prior_csf), np.minimum(dmax[1:], 20.0) / 10.0]
+    return np.stack(cols, axis=1)

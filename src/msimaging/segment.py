@@ -77,6 +77,8 @@ class SegmentOptions:
 
     threshold: float = 0.5           # probability threshold of the binary mask
     method: str = "model"            # "model": the learned voxel classifier (msimaging.lesion_model); "rules"
+    model_half_max: float = 0.0      # model: a lesion voxel's excess is at least this x the lesion's local peak ...
+    model_half_max_mm: float = 2.0   # ... the maximum within this radius, at least one voxel (0: no such cut)
     outlier_kappa: float = 3.0       # Mahalanobis distance beyond which a voxel is atypical
     prior_weight: float = 0.8        # weight of the template priors (rest: uniform)
     prior_smoothing_mm: float = 2.0  # Gaussian smoothing of the priors (registration slack)
@@ -575,14 +577,76 @@ def voxel_features(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: 
 
 
 def model_probability(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray, ev: Evidence,
-                      priors: TissuePriors, model: Any) -> tuple[np.ndarray, dict[str, Any]]:
-    """Lesion probability from the learned voxel model, shifted so its threshold maps to 0.5."""
+                      priors: TissuePriors, model: Any, components: Any = None, half_max: float = 0.0,
+                      half_max_mm: float = 2.0) -> tuple[np.ndarray, dict[str, Any]]:
+    """Lesion probability from the learned voxel model (and, when given, its component stage).
+
+    Voxel stage: the model's log-odds, shifted so that its threshold is 0. Component stage
+    (``components``): connected voxels above ``CANDIDATE_ODDS`` of the threshold are candidate
+    lesions, each scored on its pooled evidence (:func:`msimaging.lesion_model.component_features`);
+    an accepted candidate keeps its voxels above ``components.info["voxel_odds"]``, a rejected one
+    none. The returned probability is 0.5 exactly at that decision boundary.
+    """
     x = voxel_features(images, affine, brain, ev, priors, model.contrasts)
     t = min(max(model.threshold, 1e-6), 1 - 1e-6)
-    logit = model.logit(x) - np.log(t / (1 - t))
-    prob = np.zeros(brain.shape, np.float32)
-    prob[brain] = 1.0 / (1.0 + np.exp(-np.clip(logit, -40, 40)))
-    return prob, {"model": "+".join(model.contrasts), "model_threshold": model.threshold}
+    logit = np.full(brain.shape, -40.0, np.float32)
+    logit[brain] = model.logit(x) - np.log(t / (1 - t))
+    figures: dict[str, Any] = {"model": "+".join(model.contrasts), "model_threshold": model.threshold}
+    if components is None:
+        return (1.0 / (1.0 + np.exp(-np.clip(logit, -40, 40)))).astype(np.float32), figures
+    labels, n, feats = candidate_components(images, affine, brain, ev, priors, logit, model.contrasts[0])
+    figures["candidates"] = n
+    if n == 0:
+        return np.zeros(brain.shape, np.float32), figures
+    keep = components.predict(feats) >= components.threshold
+    figures["candidates_kept"] = int(keep.sum())
+    lut = np.zeros(n + 1, bool)
+    lut[1:] = keep
+    shift = float(np.log(components.info.get("voxel_odds", 1.0)))
+    prob = 1.0 / (1.0 + np.exp(-np.clip(logit - shift, -40, 40)))
+    prob = np.where(lut[labels], prob, 0.0).astype(np.float32)
+    if half_max > 0 and keep.any():
+        # partial volume: a voxel is lesion when at least half lesion, i.e. its excess over NAWM is at
+        # least half the lesion's own (local) peak excess. One intensity cut cannot be right for faint
+        # real lesions and bright ones alike (a bright lesion's 30 % partial-volume rim is as bright
+        # as a faint lesion's core)
+        kept = lut[labels]
+        reach = ball(max(half_max_mm, 1.01 * float(voxel_sizes(affine).max())), affine)  # at least one voxel
+        box = bounding_box(kept, np.asarray(reach.shape) // 2)
+        hyper = model.contrasts[0]
+        excess = np.asarray(images[hyper], np.float32)[box] / np.maximum(ev.refs[hyper][box], 1e-6) - 1.0
+        inside = np.where(kept[box], excess, 0.0)
+        peak = ndi.maximum_filter(inside, footprint=reach, mode="constant")
+        below = kept[box] & (excess < half_max * peak)
+        sub = prob[box]
+        figures["half_max_voxels_removed"] = int((below & (sub >= 0.5)).sum())
+        sub[below] = np.minimum(sub[below], 0.25)
+        prob[box] = sub
+    return prob, figures
+
+
+def candidate_components(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray, ev: Evidence,
+                         priors: TissuePriors, logit: np.ndarray, hyper: str,
+                         ) -> tuple[np.ndarray, int, np.ndarray]:
+    """Candidate lesions of the voxel stage's ``logit`` (0 at its threshold): labels, count, features."""
+    from msimaging.lesion_model import CANDIDATE_ODDS, component_features
+
+    labels = label_lesions(brain & (logit >= np.log(CANDIDATE_ODDS)), affine)
+    n = int(labels.max())
+    if n == 0:
+        return labels, 0, np.zeros((0, 9))
+    box = mirror_box(labels > 0, affine, 3.0)
+    f = np.asarray(images[hyper], np.float32)
+    excess = f[box] / np.maximum(ev.refs[hyper][box], 1e-6) - 1.0
+    s_wm = max(float(ev.figures.get("flair_wm_sd", 1.0)), 1e-6)
+    if priors.mirror is not None:
+        mirror_z = (f[box] - mirror_reference(f, affine, priors.mirror, 3.0, box)) / s_wm
+    else:
+        mirror_z = np.zeros(excess.shape, np.float32)
+    depth = distance_to_surface_mm(brain, affine)[box]
+    feats = component_features(labels[box], n, logit[box], excess, mirror_z, ev.post[box][..., 1], priors.csf[box],
+                               depth, float(np.prod(voxel_sizes(affine))))
+    return labels, n, feats
 
 
 # --- the whole segmentation --------------------------------------------------------------------
@@ -635,7 +699,10 @@ def segment_lesions(images: Mapping[str, np.ndarray], affine: np.ndarray, brain:
         if model is None:
             log.warning("no lesion model for contrasts %s: using the rule-based detection", sorted(used))
     if model is not None:
-        prob, figures = model_probability(used, affine, brain, ev, priors, model)
+        from msimaging.lesion_model import bundled_component_model
+
+        prob, figures = model_probability(used, affine, brain, ev, priors, model, bundled_component_model(),
+                                          options.model_half_max, options.model_half_max_mm)
     else:
         prob, figures = detect_lesions(used[hyper], affine, brain, ev, priors, options)
     figures.pop("_components", None)

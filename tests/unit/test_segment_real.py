@@ -35,7 +35,8 @@ def case():  # type: ignore[no-untyped-def]
     from msimaging.geometry import Grid
     from msimaging.implant import bundled_profile, implant, local_nawm
     from msimaging.lesion_model import bundled_training
-    from msimaging.preprocess import brain_mask_template, standardise
+    from msimaging.preprocess import standardise
+    from msimaging.register import brain_mask_template
     from msimaging.segment import SegmentOptions, tissue_evidence, tissue_priors
 
     assert "p06" not in bundled_training()["masks"]

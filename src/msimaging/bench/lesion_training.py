@@ -207,11 +207,132 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=Path("bench-work/lesions"))
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--out", type=Path, default=PACKAGE / "data" / "lesion_model.json")
+    p.add_argument("--stage", choices=("all", "voxels", "components"), default="all",
+                   help="voxels: the voxel models; components: add the component stage to --out's voxel models")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model = build(args.data, args.work, args.cores)
+    if args.stage in ("all", "voxels"):
+        model = build(args.data, args.work, args.cores)
+        args.out.write_text(json.dumps(model) + "\n")
+    if args.stage in ("all", "components"):
+        model = build_components(args.data, args.work, args.cores, args.out)
     args.out.write_text(json.dumps(model) + "\n")
     print(f"{args.out}: {len(model['models'])} models")
+
+
+
+# --- the component stage -----------------------------------------------------------------------------
+
+
+def case_components(bg: Any, mask_path: Path, cfg: dict[str, Any], voxel_model: Any) -> dict[str, Any]:
+    """Candidate components of one implanted training case: features, labels and voxel counts."""
+    from dataclasses import replace
+
+    from msimaging.geometry import Grid
+    from msimaging.implant import bundled_profile, implant, load_mni_mask
+    from msimaging.lesions import CONNECTIVITY, label_lesions
+    from msimaging.segment import (CLASSES, SegmentOptions, candidate_components, smooth_mm, tissue_evidence,
+                                   tissue_priors, voxel_features)
+
+    sess = bg.session
+    mask, m_aff = load_mni_mask(mask_path)
+    imp = implant(sess.images, sess.affine, sess.brain, bg.wm, bg.admissible, mask, m_aff, bg.to_masks,
+                  bundled_profile(), case_seed("train", sess.name, mask_path.name), own_truth=None, nawm=bg.nawm)
+    brain = sess.brain > 0
+    exclude = np.zeros(brain.shape, bool)
+    for own in (bg.own_truth, bg.own_pred):
+        if own is not None:
+            exclude |= ndi.binary_dilation(np.asarray(own) > 0, iterations=2) & ~imp.implanted
+    options = SegmentOptions.from_config(cfg)
+    priors = tissue_priors(Grid(tuple(brain.shape), sess.affine), sess.template_xfm)  # type: ignore[arg-type]
+    priors = replace(priors, **{k: smooth_mm(getattr(priors, k), sess.affine, options.prior_smoothing_mm)
+                                for k in CLASSES})
+    cs = voxel_model.contrasts
+    used = {c: imp.images[c] for c in cs}
+    ev = tissue_evidence(used, sess.affine, brain, priors, options, hyper=cs[0])
+    x = voxel_features(used, sess.affine, brain, ev, priors, cs)
+    t = voxel_model.threshold
+    logit = np.full(brain.shape, -40.0, np.float32)
+    logit[brain] = voxel_model.logit(x) - np.log(t / (1 - t))
+    labels, n, feats = candidate_components(used, sess.affine, brain, ev, priors, logit, cs[0])
+    truth = imp.implanted
+    t_lab = label_lesions(truth, sess.affine)
+    lab = labels.ravel()
+    sel = lab > 0
+    idx = lab[sel]
+    size = np.bincount(idx, minlength=n + 1)[1:]
+    tp = np.bincount(idx, weights=truth.ravel()[sel].astype(float), minlength=n + 1)[1:]
+    odds = {}
+    for o in VOXEL_ODDS:
+        above = (logit.ravel()[sel] >= np.log(o)).astype(float)
+        odds[o] = (np.bincount(idx, weights=above, minlength=n + 1)[1:],
+                   np.bincount(idx, weights=above * truth.ravel()[sel], minlength=n + 1)[1:])
+    y = (tp > 0).astype(float)
+    skip = (np.bincount(idx, weights=exclude.ravel()[sel].astype(float), minlength=n + 1)[1:] > 0) & (tp == 0)
+    pairs = np.unique(np.stack([t_lab[labels > 0], labels[labels > 0]], 1), axis=0)
+    pairs = pairs[pairs[:, 0] > 0]
+    return {"features": feats, "y": y, "skip": skip, "size": size, "tp": tp, "odds": odds,
+            "truth_voxels": int(truth.sum()), "truth_lesions": int(t_lab.max()), "pairs": pairs,
+            "name": f"{sess.name}+{mask_path.name.split('_')[0]}"}
+
+
+#: Voxel odds (relative to the voxel model's threshold) tried for the voxels of kept components.
+VOXEL_ODDS = (0.35, 0.6, 1.0)
+
+
+def case_score(c: dict[str, Any], keep: np.ndarray, odds: float) -> float:
+    """(Dice + lesion F1) / 2 of one case for a keep decision per candidate (skipped: not kept)."""
+    keep = keep & ~c["skip"]
+    n_vox, tp_vox = c["odds"][odds]
+    dice = 2 * float(tp_vox[keep].sum()) / max(float(n_vox[keep].sum()) + c["truth_voxels"], 1.0)
+    kept = int(keep.sum())
+    tp_c = int((keep & (c["y"] > 0)).sum())
+    detected = len({int(a) for a, b in c["pairs"] if keep[int(b) - 1]})
+    p = tp_c / kept if kept else 0.0
+    r = detected / c["truth_lesions"] if c["truth_lesions"] else 1.0
+    f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    return 0.5 * (dice + f1)
+
+
+def fit_components(cases: list[dict[str, Any]]) -> Any:
+    from msimaging.lesion_model import COMPONENT_FEATURES, fit_logistic
+
+    x = np.concatenate([c["features"][~c["skip"]] for c in cases])
+    y = np.concatenate([c["y"][~c["skip"]] for c in cases])
+    m = fit_logistic(x, y, np.ones(len(y)), ("components",), l2=L2)
+    best = (-1.0, 0.5, 1.0)
+    for t in np.round(np.arange(0.1, 0.91, 0.05), 2):
+        for o in VOXEL_ODDS:
+            s = float(np.mean([case_score(c, m.predict(c["features"]) >= t, o) for c in cases]))
+            if s > best[0]:
+                best = (s, float(t), float(o))
+    m.threshold = best[1]
+    m.info.update({"voxel_odds": best[2], "training_mean_score": round(best[0], 4),
+                   "features": list(COMPONENT_FEATURES), "candidates": int(len(y)), "positives": int(y.sum())})
+    log.info("component model: threshold %.2f, voxel odds %.2f, training (Dice+F1)/2 %.3f", *best[1:], best[0])
+    return m
+
+
+def build_components(data: Path, work: Path, cores: int, model_path: Path) -> dict[str, Any]:
+    """Add the component stage to the model file's voxel models (trained on the same cases)."""
+    from msimaging.implant import mask_files
+    from msimaging.lesion_model import load_models
+
+    text = model_path.read_text()
+    model = json.loads(text)
+    voxel = load_models(text)[("FLAIR", "T2w", "T1w")]
+    cfg = pipeline_config()
+    cfg["lesions"]["method"] = "rules"
+    files = training_masks(mask_files(data / "ms-lesion-masks"))
+    cases = []
+    for name in TRAIN_BACKGROUNDS:
+        bg = background(name, data, work, cores, cfg)
+        for f in files:
+            t0 = time.perf_counter()
+            cases.append(case_components(bg, f, cfg, voxel))
+            log.info("%s: %d candidates, %.1f s", cases[-1]["name"], len(cases[-1]["y"]), time.perf_counter() - t0)
+    model["components"] = fit_components(cases).to_json()
+    return model
 
 
 if __name__ == "__main__":

@@ -296,9 +296,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bg = background(name, data, args.lesions_work, args.cores, cfg)
         for f in files:
             r = implanted_case(bg, f, args.lesions_seed, cfg)
-            # held out: neither the mask nor the scan was among the voxel model's training cases
-            r["held_out"] = r["mask"] not in trained.get("masks", []) and name not in trained.get("backgrounds", [])
-            r["kind"] = ("thick" if bg.thick else "1mm") + ("" if r["held_out"] else " (mask or scan trained on)")
+            # held out: the mask's lesions were not among the voxel model's training cases (the
+            # scan's normal tissue may have been: r["scan_trained_on"])
+            r["held_out"] = r["mask"] not in trained.get("masks", [])
+            r["scan_trained_on"] = name in trained.get("backgrounds", [])
+            r["kind"] = ("thick" if bg.thick else "1mm") + ("" if r["held_out"] else " (mask trained on)")
             cases.append(r)
             figures["cases"].append(r)
             print(_row(f"{name}+{r['mask']}", r), flush=True)

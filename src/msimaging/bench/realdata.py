@@ -6,9 +6,10 @@ co-registration and standardisation. :func:`prepared_run` runs ``msimaging run``
 of ``shared/data`` up to (not including) ``segment_lesions`` and returns its output folder.
 
 The run is cached under ``WORK/pipeline-<digest>``, where the digest covers the input files and
-every source file that can change those outputs (the package except the modules of lesion
-detection, scoring and reporting, which run after it; the workflow, scripts and default config),
-so a code change that could alter them makes a new run: no cache survives such a change.
+every source file that makes those outputs (``PREPARATION_MODULES``, the preparation scripts and
+rules, and the default config and schema less the sections read only from segmentation on), so a
+code change that could alter them makes a new run: no cache survives such a change. (The phantom
+generator is covered through the phantom study's own files, which are inputs.)
 """
 
 from __future__ import annotations
@@ -29,15 +30,13 @@ REPO = Path(__file__).resolve().parents[3]
 PACKAGE = REPO / "src" / "msimaging"
 DEFAULT_SHARED = REPO.parent / "shared" / "data"
 
-#: Package modules that only run from ``segment_lesions`` on (or never in a pipeline run): they
-#: cannot change the prepared inputs, so they are left out of the cache digest.
-AFTER_PREPARATION = frozenset({
-    "segment.py", "lesions.py", "lesion_prior.py", "implant.py", "evaluate.py", "enhancing.py",
-    "longitudinal.py", "atrophy.py", "endpoints.py", "outcome.py", "merge.py", "adjudication.py",
-    "report.py", "cohort.py", "viewer.py", "recovery.py", "lesion_model.py", "bench",
-    "data/lesion_model.json", "data/lesion_profile.json", "data/lesion_frequency_mni_2mm.npz",
-})
-
+#: The package modules, scripts and rules that make the prepared inputs (validation, N4, brain
+#: mask and template registration, co-registration and standardisation, and what they use).
+PREPARATION_MODULES = ("__init__.py", "bids.py", "config.py", "dag.py", "geometry.py", "io.py", "layout.py",
+                       "morphology.py", "preprocess.py", "register.py", "runtime.py", "template.py",
+                       "validate.py")
+PREPARATION_SCRIPTS = ("validate_inputs.py", "preprocess.py", "brain_mask.py", "coregister.py")
+PREPARATION_RULES = ("common.smk", "preprocess.smk", "brain.smk", "register.smk")
 
 #: Config sections read only from ``segment_lesions`` on.
 CONFIG_AFTER_PREPARATION = frozenset({"lesions", "change", "enhancing", "atrophy", "qc", "outcome"})
@@ -58,14 +57,8 @@ def _config_text() -> bytes:
 def code_digest(extra: tuple[Path, ...] = ()) -> str:
     """sha256 (16 hex digits) of the sources that make the prepared inputs, and of ``extra`` files."""
     h = hashlib.sha256()
-    files = [p for p in sorted(PACKAGE.rglob("*")) if p.is_file() and p.suffix in (".py", ".npz", ".json", ".gz")
-             and p.relative_to(PACKAGE).parts[0] not in AFTER_PREPARATION
-             and p.relative_to(PACKAGE).as_posix() not in AFTER_PREPARATION and "__pycache__" not in p.parts]
-    for sub in ("workflow", "scripts"):
-        files += [p for p in sorted((REPO / sub).rglob("*")) if p.is_file() and "__pycache__" not in p.parts
-                  and p.name not in ("segment_lesions.py", "detect_enhancing.py", "compare_visits.py",
-                                     "measure_brain.py", "session_endpoints.py", "subject_endpoints.py",
-                                     "outcome_dataset.py", "qc_report.py")]
+    files = [PACKAGE / m for m in PREPARATION_MODULES] + [REPO / "scripts" / m for m in PREPARATION_SCRIPTS]
+    files += [REPO / "workflow" / "Snakefile"] + [REPO / "workflow" / "rules" / m for m in PREPARATION_RULES]
     h.update(_config_text())
     for p in [*files, *extra]:
         h.update(str(p.relative_to(REPO) if p.is_relative_to(REPO) else p.name).encode())
