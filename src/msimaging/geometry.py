@@ -14,6 +14,7 @@ Conventions used everywhere in msimaging:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -447,3 +448,25 @@ def halfway_transforms(transform: sitk.Transform) -> tuple[sitk.Euler3DTransform
         fu_half = resample(followup, halfway_grid, to_followup)
     """
     return rigid_power(transform, -0.5), rigid_power(transform, 0.5)
+
+
+@dataclass(frozen=True)
+class Canonical:
+    """An image reoriented to RAS (nibabel's closest canonical) for display."""
+
+    data: np.ndarray
+    affine: np.ndarray
+
+    def voxel(self, ras_mm: Sequence[float]) -> np.ndarray:
+        return np.linalg.solve(self.affine, np.r_[np.asarray(ras_mm, float), 1.0])[:3]
+
+    @property
+    def zooms(self) -> np.ndarray:
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+
+def canonical(data: np.ndarray, affine: np.ndarray) -> Canonical:
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(data), np.asarray(affine, float)))
+    return Canonical(np.asarray(img.dataobj), np.asarray(img.affine, float))

@@ -17,18 +17,15 @@ from __future__ import annotations
 import base64
 import html
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from msimaging.geometry import Canonical, canonical
+from msimaging.viewer import OVERLAY_COLOURS, OVERLAY_LABELS
 
-OVERLAY_COLOURS = {"lesions": "#ff3030", "new": "#30ff30", "enlarging": "#ffa500", "enhancing": "#ff30ff",
-                   "brain": "#30a0ff", "edges": "#ffff00"}
-OVERLAY_LABELS = {"lesions": "T2 lesions", "new": "new T2 (vs baseline)", "enlarging": "enlarging T2 (vs baseline)",
-                  "enhancing": "Gd+ lesions", "brain": "brain mask", "edges": "reference edges"}
+log = logging.getLogger(__name__)
 
 #: Field of view of a lesion thumbnail (mm).
 THUMB_FOV_MM = 48.0
@@ -41,28 +38,6 @@ def _plt() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
-
-
-@dataclass(frozen=True)
-class Canonical:
-    """An image reoriented to RAS (nibabel's closest canonical) for display."""
-
-    data: np.ndarray
-    affine: np.ndarray
-
-    def voxel(self, ras_mm: Sequence[float]) -> np.ndarray:
-        return np.linalg.solve(self.affine, np.r_[np.asarray(ras_mm, float), 1.0])[:3]
-
-    @property
-    def zooms(self) -> np.ndarray:
-        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
-
-
-def canonical(data: np.ndarray, affine: np.ndarray) -> Canonical:
-    import nibabel as nib
-
-    img = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(data), np.asarray(affine, float)))
-    return Canonical(np.asarray(img.dataobj), np.asarray(img.affine, float))
 
 
 def _axial(vol: np.ndarray, z: int) -> np.ndarray:
@@ -348,7 +323,7 @@ def run_report(subject: str, sessions: list[dict[str, Any]], out_html: str, figu
     from msimaging import io, viewer
     from msimaging import layout as L
     from msimaging.adjudication import INVENTORY_COLUMNS, session_inventory
-    from msimaging.geometry import Grid, read_transform, resample_array
+    from msimaging.geometry import Canonical, canonical, Grid, read_transform, resample_array
     from msimaging.lesions import label_lesions, rules_from_config
 
     rules = rules_from_config(cfg)

@@ -67,6 +67,13 @@ class SessionView:
     masks: tuple[str, ...]          # the masks this visit has (names of MASK_BITS)
 
 
+
+#: Overlay colours and legend labels (the QC page's figures and the viewer share them).
+OVERLAY_COLOURS = {"lesions": "#ff3030", "new": "#30ff30", "enlarging": "#ffa500", "enhancing": "#ff30ff",
+                   "brain": "#30a0ff", "edges": "#ffff00"}
+OVERLAY_LABELS = {"lesions": "T2 lesions", "new": "new T2 (vs baseline)", "enlarging": "enlarging T2 (vs baseline)",
+                  "enhancing": "Gd+ lesions", "brain": "brain mask", "edges": "reference edges"}
+
 def brain_box(brain: np.ndarray, zooms: Sequence[float], margin_mm: float = MARGIN_MM) -> tuple[slice, slice, slice]:
     """Bounding box of the mask plus ``margin_mm``, within the volume (the whole volume when empty)."""
     if not brain.any():
@@ -123,7 +130,7 @@ def session_view(ref: np.ndarray, affine: np.ndarray, brain: np.ndarray, masks: 
                  extra: Mapping[str, np.ndarray] | None = None, ref_name: str = "FLAIR",
                  max_voxels: int = MAX_VOLUME_VOXELS) -> SessionView:
     """One visit's images (reference and ``extra``, all on the reference grid) and masks, for embedding."""
-    from msimaging.report import canonical
+    from msimaging.geometry import canonical
 
     can = canonical(ref, affine)
     brain_c = canonical(np.asarray(brain, np.uint8), affine).data > 0
@@ -184,7 +191,6 @@ def payload(view: SessionView) -> dict[str, Any]:
 
 def section_html(viewer_id: str, title: str, view: SessionView, lesions: Sequence[Any]) -> str:
     """The viewer of one visit (its data as JSON) and the table of its counted lesions."""
-    from msimaging.report import OVERLAY_COLOURS, OVERLAY_LABELS
 
     vid = html.escape(viewer_id)
     data = json.dumps({**payload(view), "colours": {k: OVERLAY_COLOURS[k] for k in view.masks}},
