@@ -77,8 +77,9 @@ class SegmentOptions:
 
     threshold: float = 0.5           # probability threshold of the binary mask
     method: str = "model"            # "model": the learned voxel classifier (msimaging.lesion_model); "rules"
-    model_half_max: float = 0.0      # model: a lesion voxel's excess is at least this x the lesion's local peak ...
+    model_half_max: float = 0.5      # model: a lesion voxel's excess is at least this x the lesion's local peak ...
     model_half_max_mm: float = 2.0   # ... the maximum within this radius, at least one voxel (0: no such cut)
+    model_half_max_smooth: bool = True   # ... of the lesion's excess smoothed by 1 mm (noise and texture averaged)
     outlier_kappa: float = 3.0       # Mahalanobis distance beyond which a voxel is atypical
     prior_weight: float = 0.8        # weight of the template priors (rest: uniform)
     prior_smoothing_mm: float = 2.0  # Gaussian smoothing of the priors (registration slack)
@@ -578,7 +579,7 @@ def voxel_features(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: 
 
 def model_probability(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray, ev: Evidence,
                       priors: TissuePriors, model: Any, components: Any = None, half_max: float = 0.0,
-                      half_max_mm: float = 2.0) -> tuple[np.ndarray, dict[str, Any]]:
+                      half_max_mm: float = 2.0, half_max_smooth: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """Lesion probability from the learned voxel model (and, when given, its component stage).
 
     Voxel stage: the model's log-odds, shifted so that its threshold is 0. Component stage
@@ -616,6 +617,9 @@ def model_probability(images: Mapping[str, np.ndarray], affine: np.ndarray, brai
         hyper = model.contrasts[0]
         excess = np.asarray(images[hyper], np.float32)[box] / np.maximum(ev.refs[hyper][box], 1e-6) - 1.0
         inside = np.where(kept[box], excess, 0.0)
+        if half_max_smooth:   # the peak of the lesion's smoothed excess (voxel noise and texture averaged)
+            inside = np.where(kept[box], smooth_mm(inside, affine, 1.0) / np.maximum(
+                smooth_mm(kept[box].astype(np.float32), affine, 1.0), 1e-3), 0.0)
         peak = ndi.maximum_filter(inside, footprint=reach, mode="constant")
         below = kept[box] & (excess < half_max * peak)
         sub = prob[box]
@@ -702,7 +706,8 @@ def segment_lesions(images: Mapping[str, np.ndarray], affine: np.ndarray, brain:
         from msimaging.lesion_model import bundled_component_model
 
         prob, figures = model_probability(used, affine, brain, ev, priors, model, bundled_component_model(),
-                                          options.model_half_max, options.model_half_max_mm)
+                                          options.model_half_max, options.model_half_max_mm,
+                                          options.model_half_max_smooth)
     else:
         prob, figures = detect_lesions(used[hyper], affine, brain, ev, priors, options)
     figures.pop("_components", None)
