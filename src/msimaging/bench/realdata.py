@@ -43,30 +43,46 @@ AFTER_PREPARATION = frozenset({
 CONFIG_AFTER_PREPARATION = frozenset({"lesions", "change", "enhancing", "atrophy", "qc", "outcome"})
 
 
-def _config_text() -> bytes:
+#: Package modules that only run from ``compare_visits`` / ``measure_brain`` on (see
+#: :func:`pipeline_run` with its default ``omit_from``).
+AFTER_SEGMENTATION = frozenset({
+    "implant.py", "implant_longitudinal.py", "evaluate.py", "longitudinal.py", "atrophy.py", "endpoints.py",
+    "outcome.py", "merge.py", "adjudication.py", "report.py", "cohort.py", "viewer.py", "recovery.py", "bench",
+})
+CONFIG_AFTER_SEGMENTATION = frozenset({"change", "atrophy", "qc", "outcome"})
+SCRIPTS_AFTER_SEGMENTATION = ("compare_visits.py", "measure_brain.py", "session_endpoints.py",
+                              "subject_endpoints.py", "outcome_dataset.py", "qc_report.py")
+
+
+def _config_text(after: frozenset[str] = CONFIG_AFTER_PREPARATION) -> bytes:
     """The default config without the sections that cannot change the prepared inputs."""
     import yaml
 
     from msimaging.config import default_config, load_schema
 
-    cfg = {k: v for k, v in default_config().items() if k not in CONFIG_AFTER_PREPARATION}
+    cfg = {k: v for k, v in default_config().items() if k not in after}
     schema = load_schema()
-    props = {k: v for k, v in schema.get("properties", {}).items() if k not in CONFIG_AFTER_PREPARATION}
+    props = {k: v for k, v in schema.get("properties", {}).items() if k not in after}
     return yaml.safe_dump({"config": cfg, "schema": {**schema, "properties": props}}, sort_keys=True).encode()
 
 
-def code_digest(extra: tuple[Path, ...] = ()) -> str:
-    """sha256 (16 hex digits) of the sources that make the prepared inputs, and of ``extra`` files."""
+def code_digest(extra: tuple[Path, ...] = (), after: frozenset[str] = AFTER_PREPARATION,
+                after_scripts: tuple[str, ...] = ("segment_lesions.py", "detect_enhancing.py",
+                                                  *SCRIPTS_AFTER_SEGMENTATION),
+                after_config: frozenset[str] = CONFIG_AFTER_PREPARATION) -> str:
+    """sha256 (16 hex digits) of the sources that make the prepared inputs, and of ``extra`` files.
+
+    ``after`` / ``after_scripts`` / ``after_config``: package files, rule scripts and config
+    sections that run after the cached outputs and are left out (defaults: :func:`prepared_run`'s).
+    """
     h = hashlib.sha256()
     files = [p for p in sorted(PACKAGE.rglob("*")) if p.is_file() and p.suffix in (".py", ".npz", ".json", ".gz")
-             and p.relative_to(PACKAGE).parts[0] not in AFTER_PREPARATION
-             and p.relative_to(PACKAGE).as_posix() not in AFTER_PREPARATION and "__pycache__" not in p.parts]
+             and p.relative_to(PACKAGE).parts[0] not in after
+             and p.relative_to(PACKAGE).as_posix() not in after and "__pycache__" not in p.parts]
     for sub in ("workflow", "scripts"):
         files += [p for p in sorted((REPO / sub).rglob("*")) if p.is_file() and "__pycache__" not in p.parts
-                  and p.name not in ("segment_lesions.py", "detect_enhancing.py", "compare_visits.py",
-                                     "measure_brain.py", "session_endpoints.py", "subject_endpoints.py",
-                                     "outcome_dataset.py", "qc_report.py")]
-    h.update(_config_text())
+                  and p.name not in after_scripts]
+    h.update(_config_text(after_config))
     for p in [*files, *extra]:
         h.update(str(p.relative_to(REPO) if p.is_relative_to(REPO) else p.name).encode())
         h.update(p.read_bytes())
@@ -86,6 +102,41 @@ def prepared_run(bids_dir: Path, work: Path, cores: int = 2) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if not list(out.glob("sub-*/ses-*/anat/*_desc-brain_mask.nii.gz")):
         raise RuntimeError(f"pipeline preparation of {bids_dir} failed (exit {proc.returncode}):\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    done.write_text("ok\n")
+    return out
+
+
+def pipeline_run(bids_dir: Path, work: Path, omit_from: tuple[str, ...] | None = ("compare_visits", "measure_brain"),
+                 cores: int = 2) -> Path:
+    """``msimaging run`` on ``bids_dir`` through segmentation and registration to baseline (cached).
+
+    With the default ``omit_from`` the run stops before the longitudinal rules, whose functions
+    (:func:`msimaging.longitudinal.run_compare`, :func:`msimaging.atrophy.run_measure`) a bench then
+    calls on these outputs exactly as the rule scripts do: the cache key leaves their modules out,
+    so change detection can be re-measured without re-running registration and segmentation.
+    ``omit_from=None`` runs the whole pipeline (every source file in the key).
+    """
+    inputs = tuple(sorted(p for p in Path(bids_dir).rglob("*") if p.is_file() and "derivatives" not in p.parts))
+    if omit_from is None:
+        digest = code_digest(inputs, after=frozenset(), after_scripts=(), after_config=frozenset())
+        tag = "full"
+    else:
+        digest = code_digest(inputs, after=AFTER_SEGMENTATION, after_scripts=SCRIPTS_AFTER_SEGMENTATION,
+                             after_config=CONFIG_AFTER_SEGMENTATION)
+        tag = "to-" + "-".join(omit_from)
+    out = Path(work) / f"pipeline-{Path(bids_dir).name}-{tag}-{digest}"
+    done = out / "pipeline.ok"
+    if done.is_file():
+        return out
+    cmd = [sys.executable, "-m", "msimaging.cli", "run", str(bids_dir), str(out), "--cores", str(cores), "--"]
+    if omit_from:
+        cmd += ["--omit-from", *omit_from]
+    cmd += ["--quiet"]
+    log.info("running the pipeline on %s: %s", bids_dir, " ".join(cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not list(out.glob("sub-*/ses-*/anat/*_desc-brain_mask.nii.gz")):
+        raise RuntimeError(f"pipeline run of {bids_dir} failed (exit {proc.returncode}):\n"
                            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     done.write_text("ok\n")
     return out
