@@ -317,11 +317,13 @@ def growth_radius_mm(lesion: np.ndarray, affine: np.ndarray, admissible: np.ndar
 
 def implant_growth(images: ImageSet, lesions: np.ndarray, chosen: Sequence[int], brain_flair: np.ndarray,
                    profile: LesionProfile, small_mm3: float = 50.0, small_fraction: float = 0.8,
-                   large_fraction: float = 0.4) -> tuple[ImageSet, np.ndarray, list[dict[str, Any]]]:
+                   large_fraction: float = 0.4, shell_fraction: float = 0.8) -> tuple[ImageSet, np.ndarray, list[dict[str, Any]]]:
     """Grow the ``chosen`` lesions (labels on the FLAIR grid) by a shell of lesion tissue.
 
-    The shell's FLAIR excess over the local NAWM is the lesion's own core excess times the measured
-    edge profile at the distance to the grown boundary, never lowering a voxel; T2w / T1w get the
+    The grown lesion's FLAIR excess over the local NAWM is the lesion's own core excess times the
+    measured edge profile at the distance to the grown boundary (its old rim becomes interior, the
+    shell its new rim; inside the grown mask at least ``shell_fraction`` of the core: the new tissue
+    is lesion, not partial volume), never lowering a voxel; T2w / T1w get the
     same fraction with the profile's median contrast ratios. Returns images, the truth (each grown
     lesion, old + shell, on the FLAIR grid) and a row per lesion.
     """
@@ -341,11 +343,14 @@ def implant_growth(images: ImageSet, lesions: np.ndarray, chosen: Sequence[int],
         frac = small_fraction if v0 < small_mm3 else large_fraction
         r, grown = growth_radius_mm(les, f_aff, not_csf & ~((lesions > 0) & ~les), frac)
         c_core = fractional_excess_p90(flair, nawm, les)
+        # the grown lesion gets the lesion's core contrast times the edge profile at the distance
+        # to its new boundary: the old rim becomes lesion interior, the shell the new rim
         sd_new = signed_distance_mm(grown, f_aff)
-        shell = grown & ~les
-        want = c_core * profile.edge_fraction(sd_new[shell], "FLAIR")
-        have = flair[shell] / np.maximum(nawm[shell], 1e-6) - 1.0
-        excess[shell] = np.maximum(want - np.maximum(have, 0.0), 0.0)
+        reach = (sd_new > -2.0) & not_csf & ~((lesions > 0) & ~les)
+        # the new tissue is lesion: inside the grown mask at least ``shell_fraction`` of the core
+        want = c_core * np.maximum(profile.edge_fraction(sd_new[reach], "FLAIR"), shell_fraction * grown[reach])
+        have = flair[reach] / np.maximum(nawm[reach], 1e-6) - 1.0
+        excess[reach] = np.maximum(excess[reach], np.maximum(want - have, 0.0))
         truth |= grown
         rows.append({"label": int(lid), "volume_mm3": round(v0, 1), "grown_mm3": round(float(grown.sum() * vox), 1),
                      "radius_mm": r, "core_excess": round(c_core, 4)})

@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="[activity] ../shared/data (sub-p12 is skipped when absent)")
     parser.add_argument("--skip-real", action="store_true", help="[activity] phantoms only")
     parser.add_argument("--skip-phantom", action="store_true", help="[activity] sub-p12 only")
+    parser.add_argument("--activity-real-work", type=Path, default=Path("bench-work/activity"),
+                        help="[activity] folder for the real-background case and its cached pipeline run")
+    parser.add_argument("--activity-reference-path", action="store_true",
+                        help="[activity] also the former sub-p12 figures (reference brain masks and transforms, "
+                             "flat priors) besides the pipeline's own path")
 
 
 # --- per-visit preparation (what the pipeline's steps do before compare_visits) ------------------
@@ -375,11 +380,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     p12 = Path(args.shared_data) / "ms-longitudinal"
     if not args.skip_real:
         if p12.is_dir():
-            figures.update(p12_figures(p12))
+            from msimaging.bench.activity_real import real_figures
+
+            # the pipeline's own path: registration, segmentation and comparison of `msimaging run`
+            figures.update(real_figures(p12, args.activity_real_work))
+            if args.activity_reference_path:
+                figures.update({f"refpath_{k}": v for k, v in p12_figures(p12).items()})
         else:
             print(f"{p12}: not present; sub-p12 figures skipped")
     for k, v in figures.items():
-        if k != "per_pair":
+        if k not in ("per_pair", "per_session"):
             print(f"{k:<32}{v:.3f}" if isinstance(v, float) else f"{k:<32}{v}")
     return figures
 

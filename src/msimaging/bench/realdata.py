@@ -135,7 +135,12 @@ def pipeline_run(bids_dir: Path, work: Path, omit_from: tuple[str, ...] | None =
     cmd += ["--quiet"]
     log.info("running the pipeline on %s: %s", bids_dir, " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not list(out.glob("sub-*/ses-*/anat/*_desc-brain_mask.nii.gz")):
+    sessions = sorted({p.parent for p in inputs if p.parent.name == "anat"})
+    segmented = len(list(out.glob("sub-*/ses-*/anat/*_label-lesion_dseg.nii.gz")))
+    # a run with omitted rules ends "not finished" (no endpoints): it succeeded when every session
+    # was segmented
+    ok = proc.returncode == 0 if omit_from is None else segmented == len(sessions) > 0
+    if not ok:
         raise RuntimeError(f"pipeline run of {bids_dir} failed (exit {proc.returncode}):\n"
                            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     done.write_text("ok\n")
