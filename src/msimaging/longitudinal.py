@@ -93,12 +93,15 @@ class ChangeRules:
     match_interpolation_blur: bool = True
     local_noise_mm: float = 6.0
     # pooled evidence (0 disables: the per-voxel hysteresis above decides alone)
-    pooled_z: float = 5.0
+    pooled_z: float = 3.5
+    pooled_growth_z: float = 5.5
     evidence_low_z: float = 2.0
     evidence_peak_z: float = 2.5
     evidence_min_voxels: int = 6
     new_plain_z: float = 0.0
     growth_from_evidence: bool = False
+    local_hyperintensity_z: float = 0.0
+    local_level_mm: float = 4.0
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ChangeRules":
@@ -391,6 +394,15 @@ def change_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
     return label_lesions(keep[region], affine, lesion_rules)
 
 
+def local_level(z: np.ndarray, weight: np.ndarray, affine: np.ndarray, sigma_mm: float) -> np.ndarray:
+    """Local tissue level of a z-map: Gaussian normalised convolution over ``weight`` voxels."""
+    sig = [sigma_mm / v for v in voxel_sizes(affine)]
+    w = weight.astype(np.float32)
+    num = ndi.gaussian_filter(np.where(weight, z, 0.0).astype(np.float32), sig, mode="nearest")
+    den = ndi.gaussian_filter(w, sig, mode="nearest")
+    return np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0).astype(np.float32)
+
+
 def pooled_evidence(values: np.ndarray, maps: PairMaps) -> float:
     """Pooled significance of a region: ``sum(values) / sqrt(n x inflation(n))`` (z-units)."""
     n = float(values.size)
@@ -416,6 +428,10 @@ def pooled_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
     Returns (candidate labels, new-evidence voxels, growth-evidence voxels).
     """
     hyper = maps.zf > rules.hyperintensity_z
+    if rules.local_hyperintensity_z > 0:
+        # or above the follow-up's local tissue level (a faint lesion in dark white matter)
+        hyper = hyper | (maps.zf - local_level(maps.zf, maps.mask & (np.abs(maps.zf) < 2.0), affine,
+                                                rules.local_level_mm) > rules.local_hyperintensity_z)
     low = maps.mask & hyper & ((maps.dz > rules.evidence_low_z) | (maps.d > rules.evidence_low_z))
     peak = maps.inner & hyper & ((maps.dz > rules.evidence_peak_z) | (maps.d > rules.evidence_peak_z))
     region, n = ndi.label(low | peak, structure=CONNECTIVITY)
@@ -433,7 +449,7 @@ def pooled_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
         z_grow = pooled_evidence(maps.d[box][comp], maps)
         if z_new >= rules.pooled_z or (rules.new_plain_z > 0 and z_grow >= rules.new_plain_z):
             new_ev[box] |= comp
-        if z_grow >= rules.pooled_z:
+        if z_grow >= max(rules.pooled_growth_z, rules.pooled_z):
             grow_ev[box] |= comp
     return label_lesions(new_ev | grow_ev, affine, lesion_rules), new_ev, grow_ev
 
