@@ -28,8 +28,8 @@ def figures(shared_data):
 
 
 def test_no_change_pairs_have_no_new_lesion_and_few_false_changes(figures):
-    assert figures["no_change_pairs"] == 2
-    assert figures["no_change_new_per_pair"] == [0, 0]
+    assert figures["no_change_pairs"] == 3
+    assert figures["no_change_new_per_pair"] == [0, 0, 0]
     assert figures["false_new_or_enlarging_per_no_change_pair"] <= 0.3
 
 

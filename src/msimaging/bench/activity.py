@@ -7,14 +7,17 @@ and :mod:`msimaging.enhancing`):
 * phantoms (``msimaging.phantom``): lesion-wise recall of new and enlarging lesions vs baseline,
   false new lesions per visit pair, Gd+ recall and false Gd+ lesions per scan, and the new /
   enlarging counts of a scan-rescan pair (expected 0);
-* the real patient ``ms-longitudinal/sub-p12`` (a development case: ``change.hyperintensity_z`` was
-  lowered to 0.5 after inspecting it, with the null pairs below as the check): lesion-wise F1 of the
-  new + enlarging lesions against the reference change components where FLAIR brightens, and
-  the counts for a re-positioned, re-interpolated copy of its baseline (expected 0).
+* the real patient ``ms-longitudinal/sub-p12`` and a real-background longitudinal set built from
+  it, **on the pipeline's own path** (:mod:`msimaging.bench.activity_real`: ``msimaging run``'s
+  registration, segmentation and comparison; no truth transform, no flat prior): lesion-wise F1
+  of sub-p12's new + enlarging lesions against the reference change components where FLAIR
+  brightens; recall of implanted new lesions by size and contrast and of implanted growth; false
+  new / enlarging lesions per no-change pair (re-positioned, re-interpolated, noise-resampled
+  copies of the real baseline). ``--activity-reference-path`` adds the former sub-p12 figures
+  (reference brain masks and transforms, flat priors).
 
-Brain masks and transforms come from the truth (phantom) or the reference (sub-p12) unless
-``--registration estimated`` asks for the pipeline's rigid registration: these figures measure
-change detection, not skull stripping. Figures are printed and returned.
+On phantoms, brain masks and transforms come from the truth unless ``--registration estimated``
+asks for the pipeline's rigid registration. Figures are printed and returned.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ One small BIDS dataset is built from the raw scans of ``ms-longitudinal/sub-p12`
 * ``ses-04``: a no-change follow-up: the real baseline re-positioned (rotation, shift), linearly
   re-interpolated, gain 1.08, fresh noise, its header placed ``62 mm`` away in scanner coordinates;
 * ``ses-05``: another no-change follow-up (another motion and noise, ``-65 mm``) with implanted
-  new lesions and growth.
+  new lesions and growth;
+* ``ses-06``: a third no-change follow-up (another motion and noise, placed 78 mm away).
 
 New lesions are real lesion shapes of 10-500 mm^3 (``ms-lesion-masks``) in two contrast groups,
 the first and second quartiles of the FLAIR contrast of sub-p12's real new / enlarging lesions as
@@ -44,7 +45,7 @@ from msimaging.lesions import CONNECTIVITY, LesionRules, label_lesions
 log = logging.getLogger(__name__)
 
 SUBJECT = "p12"
-CASE_VERSION = "3"
+CASE_VERSION = "4"
 CONTRASTS = ("FLAIR", "T1w", "T2w")
 #: (session, background, implants, header shift RAS mm, rotation deg, shift mm, seed)
 SESSIONS = (
@@ -52,8 +53,11 @@ SESSIONS = (
     ("03", "real", True, None, None, None, 3),
     ("04", "copy", False, (62.0, -18.0, 10.0), (3.0, -2.0, 2.5), (2.5, -1.5, 1.2), 4),
     ("05", "copy", True, (-65.0, 20.0, -8.0), (-2.5, 3.0, -1.5), (-1.8, 2.2, -1.0), 5),
+    ("06", "copy", False, (15.0, 70.0, 25.0), (1.5, 2.5, -3.0), (1.0, 2.5, -2.0), 6),
 )
-NO_CHANGE = ("04", "05")
+NO_CHANGE = ("04", "05", "06")
+#: No-change pairs without implants (brain volume unchanged; ses-05's implants can change the BSI)
+NO_CHANGE_PURE = ("04", "06")
 IMPLANTED = ("03", "05")
 
 
