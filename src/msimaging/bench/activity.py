@@ -393,7 +393,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{p12}: not present; sub-p12 figures skipped")
     for k, v in figures.items():
         if k not in ("per_pair", "per_session"):
-            print(f"{k:<32}{v:.3f}" if isinstance(v, float) else f"{k:<32}{v}")
+            print(f"{k:<44}{v:.3f}" if isinstance(v, float) else f"{k:<44}{v}")
     return figures
 
 

@@ -350,7 +350,6 @@ def p12_real_score(root: Path, compared: Path, reference: dict[str, Any]) -> dic
     common grid as :func:`msimaging.bench.activity.p12_figures` scores (the reference transform is
     used for scoring only)."""
     from msimaging import io
-    from msimaging.bench.activity import score
 
     new_p, aff = io.read_mask(compared / "new.nii.gz")
     enl_p, _ = io.read_mask(compared / "enlarging.nii.gz")
