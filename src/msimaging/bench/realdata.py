@@ -117,7 +117,8 @@ def pipeline_run(bids_dir: Path, work: Path, omit_from: tuple[str, ...] | None =
     so change detection can be re-measured without re-running registration and segmentation.
     ``omit_from=None`` runs the whole pipeline (every source file in the key).
     """
-    inputs = tuple(sorted(p for p in Path(bids_dir).rglob("*") if p.is_file() and "derivatives" not in p.parts))
+    bids_dir = Path(bids_dir).resolve()      # the key names inputs by path: the same from any folder
+    inputs = tuple(sorted(p for p in bids_dir.rglob("*") if p.is_file() and "derivatives" not in p.parts))
     if omit_from is None:
         digest = code_digest(inputs, after=frozenset(), after_scripts=(), after_config=frozenset())
         tag = "full"
