@@ -68,6 +68,8 @@ class AtrophyOptions:
     ``icv_margin_mm``: how far outside the brain mask CSF is searched for the ICV.
     ``lesion_margin_mm``: lesions (of either visit) dilated by this much are left out of the BSI.
     ``pv_window``: normalised intensities mapped linearly to parenchymal fractions 0..1 (volumes).
+    ``blur_match_max_vox``: the sharper visit of the halfway pair is blurred to the other's edge
+    sharpness (Gaussian sigma up to this many voxels, :func:`match_blur`); 0 disables it.
     """
 
     window: tuple[float, float] = (0.2, 0.6)
@@ -76,6 +78,7 @@ class AtrophyOptions:
     icv_margin_mm: float = 8.0
     lesion_margin_mm: float = 1.0
     pv_window: tuple[float, float] = (0.0, 1.0)
+    blur_match_max_vox: float = 1.0
 
 
 def options_from_config(cfg: dict[str, Any]) -> AtrophyOptions:
@@ -88,6 +91,7 @@ def options_from_config(cfg: dict[str, Any]) -> AtrophyOptions:
         icv_margin_mm=float(acfg.get("icv_margin_mm", d.icv_margin_mm)),
         lesion_margin_mm=float(acfg.get("lesion_margin_mm", d.lesion_margin_mm)),
         pv_window=tuple(float(v) for v in acfg.get("pv_window", d.pv_window)),  # type: ignore[arg-type]
+        blur_match_max_vox=float(acfg.get("blur_match_max_vox", d.blur_match_max_vox)),
     )
 
 
@@ -248,6 +252,86 @@ def match_intensities(ref: np.ndarray, other: np.ndarray, region: np.ndarray) ->
     return ((other - np.float32(o0)) * np.float32(gain) + np.float32(r0)).astype(np.float32)
 
 
+#: Gaussian sigmas (fractions of ``blur_match_max_vox``) tried by :func:`match_blur`.
+BLUR_STEPS = (0.0, 0.15, 0.3, 0.45, 0.6, 0.8, 1.0)
+#: Common pre-smoothing (voxels) of both images before they are compared (noise out, edges kept).
+BLUR_COMPARE_VOX = 1.0
+
+
+def match_blur(bl: np.ndarray, fu: np.ndarray, region: np.ndarray, max_sigma_vox: float
+               ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Blur the sharper of two matched images so that both have the same edge sharpness.
+
+    The BSI integrates clipped intensities across the parenchyma/CSF boundaries; a visit blurred
+    more than the other (another reconstruction, an extra interpolation) fills thin sulci with
+    partial volume and reads as a volume change. In-plane Gaussians (voxels) of each sigma of
+    :data:`BLUR_STEPS` are applied to either image, and the one making the two agree best over
+    ``region`` (the boundary region) is kept. The two are compared after a common smoothing of
+    :data:`BLUR_COMPARE_VOX` (it keeps the blur difference but removes the noise, which would
+    otherwise reward blurring the noisier image). Returns both images and ``{"blur_sigma_vox": s}``
+    (positive: the baseline was blurred).
+    """
+    if max_sigma_vox <= 0 or not region.any():
+        return bl, fu, {"blur_sigma_vox": 0.0}
+    box = bounding_box_of(region)
+    sub_r = region[box]
+
+    def smooth(x: np.ndarray, sigma: float) -> np.ndarray:
+        return ndi.gaussian_filter(x, (sigma, sigma, 0.0)) if sigma > 0 else x
+
+    def compare(a: np.ndarray, b: np.ndarray) -> float:
+        c = BLUR_COMPARE_VOX
+        return float(np.mean((smooth(a, c)[sub_r] - smooth(b, c)[sub_r]) ** 2))
+
+    bl_b, fu_b = bl[box], fu[box]
+    noise = {"bl": _noise_sd(bl_b, sub_r), "fu": _noise_sd(fu_b, sub_r)}
+
+    def unbiased(a: np.ndarray, b: np.ndarray, sa: float, na: str, nb: str) -> float:
+        # the noise's share of the squared difference (each image's noise variance times the
+        # energy of the kernel applied to it) is removed: blurring the noisier image must not win
+        c = BLUR_COMPARE_VOX
+        return compare(smooth(a, sa), b) - noise[na] ** 2 * _kernel_energy(np.hypot(c, sa)) \
+            - noise[nb] ** 2 * _kernel_energy(c)
+
+    best = (unbiased(bl_b, fu_b, 0.0, "bl", "fu"), 0.0)
+    for step in BLUR_STEPS[1:]:
+        s = step * max_sigma_vox
+        for sign, (a, b, na, nb) in ((1.0, (bl_b, fu_b, "bl", "fu")), (-1.0, (fu_b, bl_b, "fu", "bl"))):
+            err = unbiased(a, b, s, na, nb)
+            if err < best[0]:
+                best = (err, sign * s)
+    s = best[1]
+    if s > 0:
+        bl = smooth(bl, s).astype(np.float32)
+    elif s < 0:
+        fu = smooth(fu, -s).astype(np.float32)
+    return bl, fu, {"blur_sigma_vox": float(s)}
+
+
+def _noise_sd(x: np.ndarray, region: np.ndarray) -> float:
+    """Voxel noise SD: robust spread of in-plane neighbour differences over ``region`` / sqrt 2."""
+    d = np.diff(x, axis=0)[region[1:] & region[:-1]]
+    if d.size == 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0))
+
+
+def _kernel_energy(sigma: float) -> float:
+    """Sum of squared weights of the in-plane Gaussian of ``sigma`` voxels (1 for sigma 0)."""
+    if sigma <= 0:
+        return 1.0
+    n = int(np.ceil(4 * sigma)) * 2 + 1
+    delta = np.zeros((n, n, 1), np.float64)
+    delta[n // 2, n // 2, 0] = 1.0
+    return float((ndi.gaussian_filter(delta, (sigma, sigma, 0.0)) ** 2).sum())
+
+
+def bounding_box_of(mask: np.ndarray) -> tuple[slice, ...]:
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
 def boundary_region(norm_a: np.ndarray, norm_b: np.ndarray, brain: np.ndarray, affine: np.ndarray,
                     radius_mm: float) -> np.ndarray:
     """Voxels within ``radius_mm`` of a parenchyma/CSF interface of either image, near the brain.
@@ -278,6 +362,7 @@ class PairImages:
     brain: np.ndarray      # union of both brain masks
     lesions: np.ndarray    # union of both lesion masks (empty when none given)
     grid: Grid
+    blur_sigma_vox: float = 0.0   # :func:`match_blur` (positive: the baseline was blurred)
 
 
 def halfway_pair(bl: tuple[np.ndarray, np.ndarray], bl_brain: np.ndarray, fu: tuple[np.ndarray, np.ndarray],
@@ -307,7 +392,12 @@ def halfway_pair(bl: tuple[np.ndarray, np.ndarray], bl_brain: np.ndarray, fu: tu
     if options.dbc_sigma_mm > 0:
         inner = erode_mm(both, 3.0, grid.affine, border_value=False) & ~lesions
         nf = nf * differential_bias(nb, nf, inner, grid.affine, options.dbc_sigma_mm)
-    return PairImages(nb, nf, bm | fm, lesions, grid)
+    blur = 0.0
+    if options.blur_match_max_vox > 0:
+        region = boundary_region(nb, nf, bm | fm, grid.affine, options.boundary_mm) & ~lesions
+        nb, nf, info = match_blur(nb, nf, region, options.blur_match_max_vox)
+        blur = info["blur_sigma_vox"]
+    return PairImages(nb, nf, bm | fm, lesions, grid, blur)
 
 
 def pbvc_bsi(pair: PairImages, options: AtrophyOptions = AtrophyOptions()) -> dict[str, float]:
@@ -325,7 +415,8 @@ def pbvc_bsi(pair: PairImages, options: AtrophyOptions = AtrophyOptions()) -> di
     bsi = boundary_shift_integral(pair.bl, pair.fu, region, vox, options.window)
     v_bl = float(parenchymal_fraction(pair.bl, pair.brain, pair.lesions, options.pv_window).sum(dtype=np.float64) * vox)
     return {"pbvc_vs_baseline": -100.0 * bsi / v_bl, "bsi_ml": bsi / 1000.0,
-            "baseline_brain_ml": v_bl / 1000.0, "boundary_region_ml": float(region.sum() * vox / 1000.0)}
+            "baseline_brain_ml": v_bl / 1000.0, "boundary_region_ml": float(region.sum() * vox / 1000.0),
+            "blur_sigma_vox": pair.blur_sigma_vox}
 
 
 def pbvc(bl: tuple[np.ndarray, np.ndarray], bl_brain: np.ndarray, fu: tuple[np.ndarray, np.ndarray],

@@ -92,6 +92,16 @@ class ChangeRules:
     intensity_matching: str = "quantile"
     match_interpolation_blur: bool = True
     local_noise_mm: float = 6.0
+    # pooled evidence (0 disables: the per-voxel hysteresis above decides alone)
+    pooled_z: float = 3.5
+    pooled_growth_z: float = 5.5
+    evidence_low_z: float = 2.0
+    evidence_peak_z: float = 2.5
+    evidence_min_voxels: int = 6
+    new_plain_z: float = 0.0
+    growth_from_evidence: bool = False
+    local_hyperintensity_z: float = 0.0
+    local_level_mm: float = 4.0
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ChangeRules":
@@ -156,6 +166,18 @@ class PairMaps:
     ref_labels: np.ndarray          # R's lesion labels on the follow-up grid (nearest)
     sigma_d: float
     extras: dict[str, float] = field(default_factory=dict)
+    #: (voxels, variance inflation of a sum of that many neighbouring subtraction voxels) measured
+    #: on the pair's normal tissue: the spatial correlation of its noise (:func:`noise_correlation`)
+    correlation: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
+
+    def inflation(self, n: float) -> float:
+        """Variance inflation of the sum of ``n`` neighbouring voxels (1 <= it <= n)."""
+        xs = np.log([c[0] for c in self.correlation])
+        ys = np.log([c[1] for c in self.correlation])
+        v = float(np.exp(np.interp(np.log(max(n, 1.0)), xs, ys))) if len(xs) > 1 else float(self.correlation[0][1])
+        if n > self.correlation[-1][0]:   # beyond the largest box: the inflation grows no further
+            v = float(self.correlation[-1][1])
+        return min(max(v, 1.0), max(float(n), 1.0))
 
 
 # --- transforms ----------------------------------------------------------------------------------
@@ -256,6 +278,35 @@ def local_noise(diff: np.ndarray, weight: np.ndarray, affine: np.ndarray, sigma_
     return np.maximum(local, global_sigma).astype(np.float32)
 
 
+#: Neighbourhoods (voxels per axis) on which the noise correlation of the subtraction is measured.
+CORRELATION_BOXES = ((1, 1, 1), (3, 3, 1), (5, 5, 1), (5, 5, 3), (9, 9, 3))
+
+
+def noise_correlation(d: np.ndarray, normal: np.ndarray) -> tuple[tuple[float, float], ...]:
+    """Variance inflation of box sums of the subtraction ``d`` over ``normal`` tissue.
+
+    For each box of :data:`CORRELATION_BOXES` (n voxels), ``n x var(box mean) / var(d)`` over the
+    boxes lying wholly in ``normal``: 1 for white noise, larger when the residuals (interpolation,
+    misregistration, anatomy) are spatially correlated. Pooled evidence over a lesion of n voxels
+    is divided by the square root of n times this inflation.
+    """
+    w = normal.astype(np.float32)
+    x = np.where(normal, d, 0.0).astype(np.float32)
+    var = float(np.var(x[normal])) if normal.any() else 1.0
+    out = []
+    for box in CORRELATION_BOXES:
+        n = int(np.prod(box))
+        if n == 1:
+            out.append((1.0, 1.0))
+            continue
+        full = ndi.uniform_filter(w, box, mode="constant") > 0.999
+        if full.sum() < 100:
+            break
+        mean = ndi.uniform_filter(x, box, mode="constant")
+        out.append((float(n), max(float(np.var(mean[full])) * n / max(var, 1e-9), 1.0)))
+    return tuple(out)
+
+
 def pair_maps(fu: Visit, ref: Visit, fu_to_ref: sitk.Transform, rules: ChangeRules = ChangeRules()) -> PairMaps:
     """Resample R onto F's grid, match intensities, and compute the subtraction maps."""
     from msimaging.morphology import erode_mm
@@ -308,9 +359,13 @@ def pair_maps(fu: Visit, ref: Visit, fu_to_ref: sitk.Transform, rules: ChangeRul
     dz = np.where(mask, (zf - zr_max) / noise, 0.0).astype(np.float32)
     d = np.where(mask, d_raw / noise, 0.0).astype(np.float32)
     inner = erode_mm(mask, rules.edge_mm, fu.affine, border_value=False) if rules.edge_mm > 0 else mask
-    log.info("pair: %d voxels analysed, subtraction noise %.3f z", int(mask.sum()), sigma_d)
+    normal = inner & (fu.labels == 0) & (ref_labels == 0) & (np.abs(zf) < 2.5) & (np.abs(zr) < 2.5)
+    correlation = noise_correlation(d, normal) if rules.pooled_z > 0 else ((1.0, 1.0),)
+    log.info("pair: %d voxels analysed, subtraction noise %.3f z, correlation %s", int(mask.sum()), sigma_d,
+             [(int(n), round(c, 1)) for n, c in correlation])
     return PairMaps(zf=zf, zr=zr, dz=dz, d=d, mask=mask, inner=inner, ref_labels=ref_labels.astype(np.int32),
-                    sigma_d=sigma_d, extras={"parenchyma_mode": float(mode), "parenchyma_sigma": float(sigma)})
+                    sigma_d=sigma_d, extras={"parenchyma_mode": float(mode), "parenchyma_sigma": float(sigma)},
+                    correlation=correlation)
 
 
 # --- candidates and lesion-level decisions --------------------------------------------------------
@@ -325,6 +380,8 @@ def change_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
     hyperintensity_z`` inside the brain away from its surface; grown (26-connected) through
     increases above ``subtraction_low_z`` with the same hyperintensity.
     """
+    if rules.pooled_z > 0:
+        return pooled_candidates(maps, affine, rules, lesion_rules)[0]
     hyper = maps.zf > rules.hyperintensity_z
     seeds = maps.inner & hyper & ((maps.dz > rules.subtraction_z) | (maps.d > rules.subtraction_z))
     grow = maps.mask & hyper & ((maps.dz > rules.subtraction_low_z) | (maps.d > rules.subtraction_low_z))
@@ -335,6 +392,66 @@ def change_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
     keep[np.unique(region[seeds])] = True
     keep[0] = False
     return label_lesions(keep[region], affine, lesion_rules)
+
+
+def local_level(z: np.ndarray, weight: np.ndarray, affine: np.ndarray, sigma_mm: float) -> np.ndarray:
+    """Local tissue level of a z-map: Gaussian normalised convolution over ``weight`` voxels."""
+    sig = [sigma_mm / v for v in voxel_sizes(affine)]
+    w = weight.astype(np.float32)
+    num = ndi.gaussian_filter(np.where(weight, z, 0.0).astype(np.float32), sig, mode="nearest")
+    den = ndi.gaussian_filter(w, sig, mode="nearest")
+    return np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0).astype(np.float32)
+
+
+def pooled_evidence(values: np.ndarray, maps: PairMaps) -> float:
+    """Pooled significance of a region: ``sum(values) / sqrt(n x inflation(n))`` (z-units)."""
+    n = float(values.size)
+    if n == 0:
+        return 0.0
+    return float(values.sum(dtype=np.float64) / np.sqrt(n * maps.inflation(n)))
+
+
+def pooled_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
+                      lesion_rules: LesionRules = LesionRules()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Change candidates decided on evidence pooled over their extent.
+
+    Regions (26-connected) of voxels with a FLAIR increase above ``evidence_low_z`` (jitter-robust
+    ``dz`` or plain ``d``) that are hyperintense on the follow-up (``zF > hyperintensity_z``) and
+    reach ``evidence_peak_z`` somewhere inside the brain away from its surface. A region is kept
+    when its pooled evidence (:func:`pooled_evidence`, the noise's spatial correlation taken into
+    account) on ``dz`` (a new lesion: increase beyond what registration jitter explains) or on
+    ``d`` (growth) reaches ``pooled_z``, and it has ``evidence_min_voxels``. With ``new_plain_z``
+    > 0 a region whose pooled ``d`` reaches it is new evidence too (the reference-volume test of
+    :func:`classify_lesions` still decides whether the reference had a lesion there). A faint lesion of
+    many weak voxels passes; an isolated noisy voxel does not.
+
+    Returns (candidate labels, new-evidence voxels, growth-evidence voxels).
+    """
+    hyper = maps.zf > rules.hyperintensity_z
+    if rules.local_hyperintensity_z > 0:
+        # or above the follow-up's local tissue level (a faint lesion in dark white matter)
+        hyper = hyper | (maps.zf - local_level(maps.zf, maps.mask & (np.abs(maps.zf) < 2.0), affine,
+                                                rules.local_level_mm) > rules.local_hyperintensity_z)
+    low = maps.mask & hyper & ((maps.dz > rules.evidence_low_z) | (maps.d > rules.evidence_low_z))
+    peak = maps.inner & hyper & ((maps.dz > rules.evidence_peak_z) | (maps.d > rules.evidence_peak_z))
+    region, n = ndi.label(low | peak, structure=CONNECTIVITY)
+    new_ev = np.zeros(region.shape, dtype=bool)
+    grow_ev = np.zeros(region.shape, dtype=bool)
+    if n == 0:
+        return np.zeros(region.shape, dtype=np.int32), new_ev, grow_ev
+    for i, box in enumerate(ndi.find_objects(region), start=1):
+        if box is None:
+            continue
+        comp = region[box] == i
+        if comp.sum() < rules.evidence_min_voxels or not peak[box][comp].any():
+            continue
+        z_new = pooled_evidence(maps.dz[box][comp], maps)
+        z_grow = pooled_evidence(maps.d[box][comp], maps)
+        if z_new >= rules.pooled_z or (rules.new_plain_z > 0 and z_grow >= rules.new_plain_z):
+            new_ev[box] |= comp
+        if z_grow >= max(rules.pooled_growth_z, rules.pooled_z):
+            grow_ev[box] |= comp
+    return label_lesions(new_ev | grow_ev, affine, lesion_rules), new_ev, grow_ev
 
 
 def joint_lesion_labels(z: np.ndarray, mask: np.ndarray, affine: np.ndarray, rules: ChangeRules,
@@ -389,7 +506,12 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
     """
     vox = voxel_volume_mm3(affine)
     labels = np.asarray(fu_labels, dtype=np.int32).copy()
-    candidates = change_candidates(maps, affine, rules, lesion_rules)
+    if rules.pooled_z > 0:
+        candidates, new_evidence, significant = pooled_candidates(maps, affine, rules, lesion_rules)
+    else:
+        candidates = change_candidates(maps, affine, rules, lesion_rules)
+        significant = significant_increase(maps, rules)
+        new_evidence = maps.dz > rules.subtraction_z
     n_seg = int(labels.max())
     segmented_any = _dilate(labels > 0, 1)
     next_id = n_seg + 1
@@ -421,7 +543,6 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
         for _ in range(rules.dilate_reference_voxels):
             grown = ndi.grey_dilation(dilated_ref, footprint=CONNECTIVITY, mode="constant")
             dilated_ref = np.where(dilated_ref > 0, dilated_ref, grown)
-    significant = significant_increase(maps, rules)
     boxes = ndi.find_objects(labels)
     changes: list[LesionChange] = []
     pad = 3
@@ -450,7 +571,7 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
         v_f = float(lesion_fraction(zf[region], rules.fraction_floor_z, peak).sum() * vox)
         v_r = float(lesion_fraction(zr[region], rules.fraction_floor_z, peak).sum() * vox)
         change = float((significant[box] & region).sum() * vox)
-        new_change = float(((maps.dz[box] > rules.subtraction_z) & own).sum() * vox)
+        new_change = float((new_evidence[box] & own).sum() * vox)
         volume = float(own.sum() * vox)
         ref_vol = float(sum(ref_volumes_mm3.get(r, 0.0) for r in reference_ids))
         # DESIGN §4: a lesion overlapping a reference lesion is never new; one overlapping none is
@@ -460,6 +581,11 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
             status = "new"
         elif is_enlarged(v_f, v_r, rules) and change >= max(rules.growth_evidence_mm3,
                                                                rules.growth_evidence_fraction * (v_f - v_r)):
+            status = "enlarging"
+        elif rules.pooled_z > 0 and rules.growth_from_evidence and reference_ids and v_f > v_r and \
+                is_enlarged(v_r + change, v_r, rules) and change >= rules.growth_evidence_mm3:
+            # pooled evidence: the significant increase at the lesion is itself a growth that meets
+            # the DESIGN §4 rule (a faint rim the joint volumes only partly see)
             status = "enlarging"
         elif is_enlarged(v_r, v_f, rules):
             status = "shrinking"

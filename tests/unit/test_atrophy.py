@@ -201,3 +201,22 @@ def test_run_measure_writes_volumes_and_pbvc(tmp_path, baseline):
     assert figs["brain_volume_ml"] == pytest.approx(TRUE_BRAIN_ML * 0.99, rel=0.03)
     assert 0 < figs["bpf"] < 1 and figs["icv_ml"] > figs["brain_volume_ml"]
     assert voxel_volume_mm3(fu_aff) == pytest.approx(10.0)
+
+
+def test_match_blur_finds_the_extra_blur_of_a_re_interpolated_visit():
+    """A re-interpolated copy is blurrier; the sharper visit is blurred to match, whichever it is."""
+    from scipy import ndimage as ndi
+
+    from msimaging.atrophy import match_blur
+
+    rng = np.random.default_rng(0)
+    sharp = (ndi.gaussian_filter(rng.random((80, 80, 12)), (1.5, 1.5, 0.5)) > 0.5).astype(np.float32)
+    blurred = ndi.gaussian_filter(sharp, (0.6, 0.6, 0.0)).astype(np.float32)
+    region = np.ones(sharp.shape, bool)
+    noisy = lambda x: (x + rng.normal(0, 0.03, x.shape)).astype(np.float32)  # noqa: E731
+    _, _, info = match_blur(noisy(sharp), noisy(blurred), region, 1.0)
+    assert 0.4 <= info["blur_sigma_vox"] <= 0.8
+    _, _, info = match_blur(noisy(blurred), noisy(sharp), region, 1.0)
+    assert -0.8 <= info["blur_sigma_vox"] <= -0.4
+    _, _, info = match_blur(noisy(sharp), noisy(sharp), region, 1.0)
+    assert abs(info["blur_sigma_vox"]) <= 0.15

@@ -190,3 +190,22 @@ def test_bounding_box_and_crop_affine_place_the_crop_where_it_was():
     assert box == (slice(8, 17), slice(3, 11), slice(1, 8))
     cropped = G.crop_affine(a, box)
     np.testing.assert_allclose(G.voxel_to_world(cropped, [[0, 0, 0]]), G.voxel_to_world(a, [[8, 3, 1]]))
+
+
+@pytest.mark.slow
+def test_qc_a_far_placed_follow_up_with_a_good_fit_passes_a_poor_fit_warns(pair):
+    """Real sessions are often 60 mm or more apart in scanner coordinates: a shift is no warning
+    while the similarity figures pass; with a poor fit it is reported as the likely cause."""
+    fixed, affine = pair["fixed"]
+    brain = pair["fixed_brain"]
+    grid = G.Grid(fixed.shape, affine)
+    qc = R.RegistrationQC()
+    good = G.resample_array(*pair["moving"], grid, pair["truth"])
+    far = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.0, 0.0, 0.0, (75.0, -40.0, 30.0))   # 90 mm
+    checks = R.registration_checks(fixed, good, brain, affine, far, True, qc)
+    assert {c["status"] for c in checks} == {"pass"}, checks
+    assert next(c for c in checks if c["metric"] == "brain_shift_mm")["value"] > 85.0
+    off = G.resample_array(*pair["moving"], grid)
+    checks = R.registration_checks(fixed, off, brain, affine, far, True, qc)
+    shift = next(c for c in checks if c["metric"] == "brain_shift_mm")
+    assert shift["status"] == "warn" and "poor fit" in shift["note"], checks

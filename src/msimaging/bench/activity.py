@@ -7,14 +7,17 @@ and :mod:`msimaging.enhancing`):
 * phantoms (``msimaging.phantom``): lesion-wise recall of new and enlarging lesions vs baseline,
   false new lesions per visit pair, Gd+ recall and false Gd+ lesions per scan, and the new /
   enlarging counts of a scan-rescan pair (expected 0);
-* the real patient ``ms-longitudinal/sub-p12`` (a development case: ``change.hyperintensity_z`` was
-  lowered to 0.5 after inspecting it, with the null pairs below as the check): lesion-wise F1 of the
-  new + enlarging lesions against the reference change components where FLAIR brightens, and
-  the counts for a re-positioned, re-interpolated copy of its baseline (expected 0).
+* the real patient ``ms-longitudinal/sub-p12`` and a real-background longitudinal set built from
+  it, **on the pipeline's own path** (:mod:`msimaging.bench.activity_real`: ``msimaging run``'s
+  registration, segmentation and comparison; no truth transform, no flat prior): lesion-wise F1
+  of sub-p12's new + enlarging lesions against the reference change components where FLAIR
+  brightens; recall of implanted new lesions by size and contrast and of implanted growth; false
+  new / enlarging lesions per no-change pair (re-positioned, re-interpolated, noise-resampled
+  copies of the real baseline). ``--activity-reference-path`` adds the former sub-p12 figures
+  (reference brain masks and transforms, flat priors).
 
-Brain masks and transforms come from the truth (phantom) or the reference (sub-p12) unless
-``--registration estimated`` asks for the pipeline's rigid registration: these figures measure
-change detection, not skull stripping. Figures are printed and returned.
+On phantoms, brain masks and transforms come from the truth unless ``--registration estimated``
+asks for the pipeline's rigid registration. Figures are printed and returned.
 """
 
 from __future__ import annotations
@@ -51,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="[activity] ../shared/data (sub-p12 is skipped when absent)")
     parser.add_argument("--skip-real", action="store_true", help="[activity] phantoms only")
     parser.add_argument("--skip-phantom", action="store_true", help="[activity] sub-p12 only")
+    parser.add_argument("--activity-real-work", type=Path, default=Path("bench-work/activity"),
+                        help="[activity] folder for the real-background case and its cached pipeline run")
+    parser.add_argument("--activity-reference-path", action="store_true",
+                        help="[activity] also the former sub-p12 figures (reference brain masks and transforms, "
+                             "flat priors) besides the pipeline's own path")
 
 
 # --- per-visit preparation (what the pipeline's steps do before compare_visits) ------------------
@@ -375,12 +383,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     p12 = Path(args.shared_data) / "ms-longitudinal"
     if not args.skip_real:
         if p12.is_dir():
-            figures.update(p12_figures(p12))
+            from msimaging.bench.activity_real import real_figures
+
+            # the pipeline's own path: registration, segmentation and comparison of `msimaging run`
+            figures.update(real_figures(p12, args.activity_real_work))
+            if args.activity_reference_path:
+                figures.update({f"refpath_{k}": v for k, v in p12_figures(p12).items()})
         else:
             print(f"{p12}: not present; sub-p12 figures skipped")
     for k, v in figures.items():
-        if k != "per_pair":
-            print(f"{k:<32}{v:.3f}" if isinstance(v, float) else f"{k:<32}{v}")
+        if k not in ("per_pair", "per_session"):
+            print(f"{k:<44}{v:.3f}" if isinstance(v, float) else f"{k:<44}{v}")
     return figures
 
 

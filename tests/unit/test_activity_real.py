@@ -1,0 +1,55 @@
+"""New / enlarging lesions on the real-background longitudinal case, on the pipeline's own path.
+
+sub-p12's raw scans, a real follow-up with implanted new lesions and growth, and two re-positioned
+no-change copies of its baseline (:mod:`msimaging.bench.activity_real`) go through ``msimaging run``
+(cached under bench-work/activity, keyed by a digest of code and inputs: the first run takes
+about 15 minutes on two cores), then the compare_visits and measure_brain rules' functions.
+The thresholds are the figures measured when this test was written, not yet the issue's targets
+(see the bench's report): they guard against regressions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from msimaging.bench import activity_real as A
+
+REPO = Path(__file__).resolve().parents[2]
+WORK = REPO / "bench-work" / "activity"
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def figures(shared_data):
+    return A.real_figures(shared_data / "ms-longitudinal", WORK)
+
+
+def test_no_change_pairs_have_no_new_lesion_and_few_false_changes(figures):
+    assert figures["no_change_pairs"] == 3
+    assert figures["no_change_new_per_pair"] == [0, 0, 0]
+    assert figures["false_new_or_enlarging_per_no_change_pair"] <= 0.3
+
+
+def test_implanted_new_lesions_are_found_at_the_measured_rate(figures):
+    # measured 2026-12: see the bench's report; targets 0.80 (>= 30 mm^3) and 0.60 (10-30 mm^3)
+    assert figures["new_recall_30_500mm3"] >= FLOOR_NEW_30
+    assert figures["false_new_or_enlarging_per_implanted_pair"] <= 2.0
+
+
+def test_sub_p12_lesion_wise_f1_does_not_fall(figures):
+    assert figures["p12_brightening_components"] == 25
+    assert figures["p12_f1"] >= 0.30          # measured 0.33 (target 0.50)
+    assert figures["p12_precision"] >= 0.5    # measured 0.55
+
+
+def test_real_no_change_pbvc(shared_data):
+    from msimaging.bench.atrophy import real_no_change
+
+    fig = real_no_change(shared_data / "ms-longitudinal", WORK)
+    assert fig["max_abs_no_change_pbvc"] <= 0.10, fig
+
+
+FLOOR_NEW_30 = 0.25   # measured 0.29 (4/14)

@@ -1,0 +1,68 @@
+"""Pooled-evidence change detection (fast): a faint new lesion of many weak voxels is found where
+the per-voxel hysteresis misses it, and an unchanged pair stays clean."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import SimpleITK as sitk
+
+from msimaging.longitudinal import ChangeRules, PairMaps, Visit, compare_visits, count_status, noise_correlation, \
+    pair_maps, pooled_evidence, status_mask
+from tests.unit.test_longitudinal import AFFINE, CENTRE, SHAPE, STABLE, _phantom, _world_grid
+
+FAINT = (np.array([0.0, 14.0, -6.0]), 4.0)   # centre (mm from the anatomy's centre), radius (mm)
+GAIN = ChangeRules(intensity_matching="gain")
+
+
+def _with_faint_lesion(v: Visit, contrast: float) -> Visit:
+    pts = _world_grid(v.affine, SHAPE) - CENTRE
+    d = np.linalg.norm(pts - FAINT[0], axis=-1)
+    blob = np.clip((FAINT[1] + 0.75 - d) / 1.5, 0, 1) * v.brain
+    return Visit((v.flair + contrast * blob).astype(np.float32), v.affine, v.brain, v.labels)
+
+
+def test_noise_correlation_is_one_for_white_noise_and_grows_with_smoothing():
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal((60, 60, 30)).astype(np.float32)
+    mask = np.ones(d.shape, bool)
+    white = dict(noise_correlation(d, mask))
+    assert abs(white[9.0] - 1.0) < 0.15 and abs(white[75.0] - 1.0) < 0.3
+    smooth = dict(noise_correlation(ndi.gaussian_filter(d, 1.0), mask))
+    assert smooth[9.0] > 4.0 and smooth[243.0] > smooth[9.0]
+
+
+def test_pooled_evidence_divides_by_the_effective_number_of_voxels():
+    maps = PairMaps(*(np.zeros((2, 2, 2), np.float32),) * 6, ref_labels=np.zeros((2, 2, 2), np.int32), sigma_d=1.0,
+                    correlation=((1.0, 1.0), (9.0, 4.0), (75.0, 9.0)))
+    assert pooled_evidence(np.full(9, 2.0, np.float32), maps) == 2.0 * 9 / np.sqrt(9 * 4.0)
+    assert maps.inflation(1000.0) == 9.0      # beyond the largest box: no further growth
+    assert maps.inflation(2.0) <= 2.0
+
+
+def test_a_faint_new_lesion_is_found_by_pooled_evidence_and_missed_voxel_by_voxel():
+    rng = np.random.default_rng(3)
+    base = _phantom(STABLE, AFFINE, SHAPE, rng)
+    follow = _phantom(STABLE, AFFINE, SHAPE, rng, gain=0.9)
+    follow = _with_faint_lesion(follow, 0.05)     # 2.5 noise SDs per voxel before smoothing
+    ident = sitk.Euler3DTransform()
+    pooled, labels = compare_visits(follow, base, ident, GAIN)
+    voxelwise, labels_v = compare_visits(follow, base, ident, replace(GAIN, pooled_z=0.0))
+    point = CENTRE + FAINT[0]
+    ijk = np.round(np.linalg.solve(AFFINE[:3, :3], point - AFFINE[:3, 3])).astype(int)
+    assert status_mask(labels, pooled, "new")[tuple(ijk)], [c.status for c in pooled]
+    assert count_status(pooled, "new") == 1
+    assert not status_mask(labels_v, voxelwise, "new")[tuple(ijk)]
+
+
+def test_an_unchanged_pair_stays_clean_with_pooled_evidence():
+    rng = np.random.default_rng(5)
+    base = _phantom(STABLE, AFFINE, SHAPE, rng)
+    again = _phantom(STABLE, AFFINE, SHAPE, rng, gain=1.1, bias=0.05)
+    changes, _ = compare_visits(again, base, sitk.Euler3DTransform(), GAIN)
+    assert count_status(changes, "new") == 0 and count_status(changes, "enlarging") == 0
+    maps = pair_maps(again, base, sitk.Euler3DTransform(), GAIN)
+    assert maps.correlation[-1][1] >= 1.0
