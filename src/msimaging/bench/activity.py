@@ -32,7 +32,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from msimaging.geometry import Grid, affine_matrix_lps, affine_transform_from_matrix, resample_array
+from msimaging.geometry import Grid, resample_array
+from msimaging.bench.activity_real import brightening_components, common_to_session
 from msimaging.lesions import CONNECTIVITY, LesionRules, label_lesions
 
 log = logging.getLogger(__name__)
@@ -264,10 +265,6 @@ def phantom_figures(work: Path, seeds: list[int], resolution: float, registratio
 # --- the real patient sub-p12 --------------------------------------------------------------------
 
 
-def _common_to_session(xfm: sitk.Transform) -> sitk.Transform:
-    return affine_transform_from_matrix(np.linalg.inv(affine_matrix_lps(xfm)))
-
-
 def p12_visits(root: Path, rules: LesionRules, sessions: tuple[str, ...] = ("01", "02")):
     """Both visits of sub-p12 (brain from the reference mask) and their transforms to the common grid."""
     from msimaging import io
@@ -280,27 +277,10 @@ def p12_visits(root: Path, rules: LesionRules, sessions: tuple[str, ...] = ("01"
         flair, aff = _read(root / "sub-p12" / f"ses-{ses}" / "anat" / f"sub-p12_ses-{ses}_FLAIR.nii.gz")
         xfm = read_transform(ref / f"sub-p12_ses-{ses}_from-FLAIR_to-common_mode-image_xfm.txt")
         brain = resample_array(common_brain.astype(np.float32), common_aff, Grid(flair.shape, aff),
-                               _common_to_session(xfm)) >= 0.5
+                               common_to_session(xfm)) >= 0.5
         visits[ses] = make_visit(flair, aff, brain, rules)
         xfms[ses] = xfm
     return visits, xfms, common_aff, common_brain
-
-
-def brightening_components(change: np.ndarray, flair1: np.ndarray, flair2: np.ndarray, brain: np.ndarray,
-                           affine: np.ndarray, rules: LesionRules) -> np.ndarray:
-    """The reference change components where the (intensity-matched) FLAIR is brighter at visit 2."""
-    from msimaging.longitudinal import quantile_match
-
-    f1 = quantile_match(flair1, flair2, brain)
-    lab = label_lesions(change, affine, rules)
-    out = np.zeros(change.shape, dtype=bool)
-    for i, box in enumerate(ndi.find_objects(lab), start=1):
-        if box is None:
-            continue
-        comp = lab[box] == i
-        if float(np.mean(flair2[box][comp] - f1[box][comp])) > 0:
-            out[box] |= comp
-    return out
 
 
 def p12_figures(root: Path, cfg: dict | None = None) -> dict[str, Any]:

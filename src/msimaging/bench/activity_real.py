@@ -37,12 +37,36 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from msimaging.geometry import Grid, resample_array, voxel_volume_mm3
+from msimaging.geometry import (Grid, affine_matrix_lps, affine_transform_from_matrix, resample_array,
+                                voxel_volume_mm3)
 from msimaging.lesions import CONNECTIVITY, LesionRules, label_lesions
 
 log = logging.getLogger(__name__)
+
+
+def common_to_session(xfm: sitk.Transform) -> sitk.Transform:
+    """The inverse of a session -> common-grid affine (common points -> session points)."""
+    return affine_transform_from_matrix(np.linalg.inv(affine_matrix_lps(xfm)))
+
+
+def brightening_components(change: np.ndarray, flair1: np.ndarray, flair2: np.ndarray, brain: np.ndarray,
+                           affine: np.ndarray, rules: LesionRules) -> np.ndarray:
+    """The reference change components where the (intensity-matched) FLAIR is brighter at visit 2."""
+    from msimaging.longitudinal import quantile_match
+
+    f1 = quantile_match(flair1, flair2, brain)
+    lab = label_lesions(change, affine, rules)
+    out = np.zeros(change.shape, dtype=bool)
+    for i, box in enumerate(ndi.find_objects(lab), start=1):
+        if box is None:
+            continue
+        comp = lab[box] == i
+        if float(np.mean(flair2[box][comp] - f1[box][comp])) > 0:
+            out[box] |= comp
+    return out
 
 SUBJECT = "p12"
 CASE_VERSION = "4"
@@ -72,7 +96,6 @@ def reference_on_raw(root: Path) -> dict[str, Any]:
     """sub-p12's reference (brain, brightening changes) on the raw FLAIR grids, and the contrast of
     the real new / enlarging lesions (measured on the common grid)."""
     from msimaging import io
-    from msimaging.bench.activity import _common_to_session, brightening_components
     from msimaging.geometry import read_transform
     from msimaging.implant_longitudinal import measure_change_contrast
 
@@ -87,13 +110,13 @@ def reference_on_raw(root: Path) -> dict[str, Any]:
         xfm = read_transform(ref / f"sub-p12_ses-{ses}_from-FLAIR_to-common_mode-image_xfm.txt")
         out[f"xfm_{ses}"] = xfm
         out[f"brain_{ses}"] = resample_array(brain_c.astype(np.float32), aff_c, Grid(data.shape, aff),
-                                             _common_to_session(xfm)) >= 0.5
+                                             common_to_session(xfm)) >= 0.5
         flairs[ses] = resample_array(data, aff, grid_c, xfm)
     bright = brightening_components(change, flairs["01"], flairs["02"], brain_c, aff_c, LesionRules())
     out["bright_common"] = bright
     data2, aff2 = io.read_image(root / "sub-p12" / "ses-02" / "anat" / "sub-p12_ses-02_FLAIR.nii.gz")
     out["bright_02"] = resample_array(bright.astype(np.float32), aff_c, Grid(data2.shape, aff2),
-                                      _common_to_session(out["xfm_02"])) >= 0.25
+                                      common_to_session(out["xfm_02"])) >= 0.25
     out["contrast"] = measure_change_contrast(flairs["02"], flairs["01"], bright, brain_c, aff_c)
     return out
 
