@@ -53,14 +53,14 @@ def training_masks(files: list[Path]) -> list[Path]:
     return sorted(files)[0::2]
 
 
-def case_samples(bg: Any, mask_path: Path, cfg: dict[str, Any], rng: np.random.Generator
-                 ) -> dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(features, labels, weights) of one implanted case, per contrast set."""
+def training_case(bg: Any, mask_path: Path, cfg: dict[str, Any]) -> tuple[Any, np.ndarray, np.ndarray, Any, Any]:
+    """One training case: the implant, brain, excluded voxels (the scan's own lesions, 2-voxel
+    margin), segmentation options and smoothed priors (as :func:`msimaging.segment.segment_lesions`)."""
     from dataclasses import replace
 
     from msimaging.geometry import Grid
     from msimaging.implant import bundled_profile, implant, load_mni_mask
-    from msimaging.segment import CLASSES, SegmentOptions, smooth_mm, tissue_evidence, tissue_priors, voxel_features
+    from msimaging.segment import CLASSES, SegmentOptions, smooth_mm, tissue_priors
 
     sess = bg.session
     mask, m_aff = load_mni_mask(mask_path)
@@ -71,11 +71,21 @@ def case_samples(bg: Any, mask_path: Path, cfg: dict[str, Any], rng: np.random.G
     for own in (bg.own_truth, bg.own_pred):
         if own is not None:
             exclude |= ndi.binary_dilation(np.asarray(own) > 0, iterations=2) & ~imp.implanted
-    y_img = imp.implanted
     options = SegmentOptions.from_config(cfg)
     priors = tissue_priors(Grid(tuple(brain.shape), sess.affine), sess.template_xfm)  # type: ignore[arg-type]
     priors = replace(priors, **{k: smooth_mm(getattr(priors, k), sess.affine, options.prior_smoothing_mm)
                                 for k in CLASSES})
+    return imp, brain, exclude, options, priors
+
+
+def case_samples(bg: Any, mask_path: Path, cfg: dict[str, Any], rng: np.random.Generator
+                 ) -> dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(features, labels, weights) of one implanted case, per contrast set."""
+    from msimaging.segment import tissue_evidence, voxel_features
+
+    sess = bg.session
+    imp, brain, exclude, options, priors = training_case(bg, mask_path, cfg)
+    y_img = imp.implanted
     # the sample (the same voxels for every contrast set): indices into the brain's voxels
     flat_y = y_img[brain]
     flat_ex = exclude[brain]
@@ -226,27 +236,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def case_components(bg: Any, mask_path: Path, cfg: dict[str, Any], voxel_model: Any) -> dict[str, Any]:
     """Candidate components of one implanted training case: features, labels and voxel counts."""
-    from dataclasses import replace
-
-    from msimaging.geometry import Grid
-    from msimaging.implant import bundled_profile, implant, load_mni_mask
-    from msimaging.lesions import CONNECTIVITY, label_lesions
-    from msimaging.segment import (CLASSES, SegmentOptions, candidate_components, smooth_mm, tissue_evidence,
-                                   tissue_priors, voxel_features)
+    from msimaging.lesions import label_lesions
+    from msimaging.segment import candidate_components, tissue_evidence, voxel_features
 
     sess = bg.session
-    mask, m_aff = load_mni_mask(mask_path)
-    imp = implant(sess.images, sess.affine, sess.brain, bg.wm, bg.admissible, mask, m_aff, bg.to_masks,
-                  bundled_profile(), case_seed("train", sess.name, mask_path.name), own_truth=None, nawm=bg.nawm)
-    brain = sess.brain > 0
-    exclude = np.zeros(brain.shape, bool)
-    for own in (bg.own_truth, bg.own_pred):
-        if own is not None:
-            exclude |= ndi.binary_dilation(np.asarray(own) > 0, iterations=2) & ~imp.implanted
-    options = SegmentOptions.from_config(cfg)
-    priors = tissue_priors(Grid(tuple(brain.shape), sess.affine), sess.template_xfm)  # type: ignore[arg-type]
-    priors = replace(priors, **{k: smooth_mm(getattr(priors, k), sess.affine, options.prior_smoothing_mm)
-                                for k in CLASSES})
+    imp, brain, exclude, options, priors = training_case(bg, mask_path, cfg)
     cs = voxel_model.contrasts
     used = {c: imp.images[c] for c in cs}
     ev = tissue_evidence(used, sess.affine, brain, priors, options, hyper=cs[0])
