@@ -24,6 +24,19 @@ from tests.conftest import SHARED_DATA
 MSIMAGING = [sys.executable, "-m", "msimaging.cli"]
 
 
+def require_chromium() -> str:
+    """The headless browser (installed by `make browser`, part of `make test`); skips only outside CI."""
+    from msimaging.browser import find_chromium
+
+    exe = find_chromium()
+    if exe:
+        return exe
+    reason = "headless Chromium is not installed and `make browser` could not install it (apt-get install chromium)"
+    if os.environ.get("CI") or os.environ.get("MSIMAGING_REQUIRE_BROWSER"):
+        pytest.fail(reason + "; CI requires the browser test")
+    pytest.skip(reason)
+
+
 def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     proc = subprocess.run([*MSIMAGING, *args], capture_output=True, text=True)
     if check and proc.returncode != 0:

@@ -10,7 +10,6 @@ mouse clicks and wheel turns, every console message and uncaught exception colle
 from __future__ import annotations
 
 import html
-import os
 import re
 import shutil
 import time
@@ -21,9 +20,9 @@ import pytest
 
 from msimaging import cohort, io
 from msimaging import layout as L
-from msimaging.browser import Chromium, find_chromium
+from msimaging.browser import Chromium
 from msimaging.phantom import PhantomOptions, make_study
-from tests.workflow.conftest import run_cli
+from tests.workflow.conftest import require_chromium, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -31,16 +30,6 @@ ARM_COLUMN = "treatment_arm_code"
 ARMS = ("ARM-ALPHA-DRUG-7", "ARM-BETA-PLACEBO-3")
 SUBJECTS = ("p01", "p02", "p03")
 SESSIONS = ("M00", "M06", "M12")
-
-
-def _chromium() -> str:
-    exe = find_chromium()
-    if exe:
-        return exe
-    reason = "headless Chromium is not installed and `make browser` could not install it (apt-get install chromium)"
-    if os.environ.get("CI") or os.environ.get("MSIMAGING_REQUIRE_BROWSER"):
-        pytest.fail(reason + "; CI requires the browser test")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +78,7 @@ def test_cohort_page_has_every_visit_trajectories_and_every_qc_figure(cohort_run
 
 def test_cohort_page_loads_in_chromium_without_errors(cohort_run, tmp_path):
     out, _, _ = cohort_run
-    with Chromium(_chromium(), width=1400, height=1000) as b:
+    with Chromium(require_chromium(), width=1400, height=1000) as b:
         b.open(out / L.COHORT_HTML)
         b.wait_for("Array.prototype.every.call(document.images, function(i){return i.complete})")
         decoded = b.evaluate("Array.prototype.filter.call(document.images, function(i){return i.naturalWidth>0}).length")
@@ -115,7 +104,7 @@ def test_viewer_draws_scrolls_and_centres_on_a_clicked_lesion(cohort_run, tmp_pa
     assert page.stat().st_size < 20e6
     import matplotlib.image as mpimg
 
-    with Chromium(_chromium(), width=1400, height=1000) as b:
+    with Chromium(require_chromium(), width=1400, height=1000) as b:
         b.open(page)
         assert b.wait_for("document.body.dataset.viewersReady") == "3"
         viewer = "sub-p01_ses-M12-viewer"
@@ -167,7 +156,7 @@ def test_arm_never_appears_while_blinded_and_only_groups_when_unblinded(cohort_r
         text = page.read_text(encoding="utf-8")
         assert not any(a in text for a in ARMS) and ARM_COLUMN not in text, page
     assert "data-blinded='true'" in (out / L.COHORT_HTML).read_text(encoding="utf-8")
-    with Chromium(_chromium()) as b:
+    with Chromium(require_chromium()) as b:
         b.open(out / L.COHORT_HTML)
         shown = b.evaluate("document.body.innerText")
         assert "Blinded" in shown and not any(a in shown for a in ARMS) and b.errors() == []

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io as _io
-import os
 import re
 import shutil
 import subprocess
@@ -19,28 +18,15 @@ import numpy as np
 import pytest
 
 from msimaging import io
-from tests.workflow.conftest import run_cli
+from tests.workflow.conftest import require_chromium, run_cli
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
 def _rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
     return {(r["subject"], r["session"]): r for r in io.read_table(path)}
-
-
-def _chromium() -> str:
-    """The browser, installed by `make browser` (part of `make test`); skips only outside CI."""
-    for name in BROWSERS:
-        exe = shutil.which(name)
-        if exe:
-            return exe
-    reason = "headless Chromium is not installed and `make browser` could not install it (apt-get install chromium)"
-    if os.environ.get("CI") or os.environ.get("MSIMAGING_REQUIRE_BROWSER"):
-        pytest.fail(reason + "; CI requires the browser test")
-    pytest.skip(reason)
 
 
 def _browser(exe: str, page: Path, *args: str) -> subprocess.CompletedProcess:
@@ -86,7 +72,7 @@ def test_qc_page_has_every_figure_and_a_thumbnail_per_counted_active_lesion(pipe
 
 def test_qc_page_loads_in_headless_chromium_without_errors(pipeline_run, tmp_path):
     out, _ = pipeline_run
-    exe = _chromium()
+    exe = require_chromium()
     page = out / "sub-p01.html"
     expected = int(re.search(r"data-expected='(\d+)'", page.read_text(encoding="utf-8")).group(1))
     dom = _browser(exe, page, "--dump-dom")
