@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -102,6 +102,18 @@ def fractional_excess_p90(image: np.ndarray, nawm: np.ndarray, mask: np.ndarray)
 # --- contrast of real new lesions ------------------------------------------------------------------
 
 
+def components(mask: np.ndarray, affine: np.ndarray) -> Iterator[tuple[int, tuple[slice, ...], np.ndarray, float]]:
+    """The 26-connected components of ``mask``: label, bounding box, the component within it and
+    its volume (mm^3, rounded to 0.1)."""
+    lab, _ = ndi.label(mask, structure=CONNECTIVITY)
+    vox = voxel_volume_mm3(affine)
+    for i, box in enumerate(ndi.find_objects(lab), start=1):
+        if box is None:
+            continue
+        comp = lab[box] == i
+        yield i, box, comp, round(float(comp.sum() * vox), 1)
+
+
 def measure_change_contrast(flair2: np.ndarray, flair1: np.ndarray, bright: np.ndarray, brain: np.ndarray,
                             affine: np.ndarray) -> dict[str, Any]:
     """FLAIR contrast of real new / enlarging lesions (the brightening change components, on one grid).
@@ -115,14 +127,9 @@ def measure_change_contrast(flair2: np.ndarray, flair1: np.ndarray, bright: np.n
     wm, _ = white_matter(flair2, affine, brain, margin_mm=3.0)
     nawm2 = local_nawm(flair2, wm & ~ndi.binary_dilation(bright, CONNECTIVITY, iterations=2), affine)
     f1 = quantile_match(flair1, flair2, brain)
-    lab, n = ndi.label(bright, structure=CONNECTIVITY)
-    vox = voxel_volume_mm3(affine)
     rows = []
-    for i, box in enumerate(ndi.find_objects(lab), start=1):
-        if box is None:
-            continue
-        comp = lab[box] == i
-        rows.append({"volume_mm3": round(float(comp.sum() * vox), 1),
+    for _, box, comp, volume in components(bright, affine):
+        rows.append({"volume_mm3": volume,
                      "excess": round(fractional_excess_p90(flair2[box], nawm2[box], comp), 4),
                      "brightening": round(float(np.percentile(
                          (flair2[box][comp] - f1[box][comp]) / np.maximum(nawm2[box][comp], 1e-6), 90)), 4)})
@@ -388,16 +395,8 @@ def observed_contrast(after: np.ndarray, before: np.ndarray, truth: np.ndarray, 
     """Per implanted component (on the FLAIR grid): volume and observed contrast (the operator of
     :func:`measure_change_contrast`: excess over the local NAWM of the image before implanting)."""
     nawm = local_nawm(before, wm, affine)
-    lab, _ = ndi.label(truth, structure=CONNECTIVITY)
-    vox = voxel_volume_mm3(affine)
-    rows = []
-    for i, box in enumerate(ndi.find_objects(lab), start=1):
-        if box is None:
-            continue
-        comp = lab[box] == i
-        rows.append({"component": i, "volume_mm3": round(float(comp.sum() * vox), 1),
-                     "excess": round(fractional_excess_p90(after[box], nawm[box], comp), 4)})
-    return rows
+    return [{"component": i, "volume_mm3": volume, "excess": round(fractional_excess_p90(after[box], nawm[box], comp), 4)}
+            for i, box, comp, volume in components(truth, affine)]
 
 
 __all__ = ["SIZE_BINS_MM3", "measure_change_contrast", "reposition", "head_motion", "shift_header",
