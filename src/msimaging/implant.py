@@ -103,16 +103,13 @@ def bundled_profile() -> LesionProfile:
 
 def local_nawm(image: np.ndarray, wm_weight: np.ndarray, affine: np.ndarray,
                sigma_mm: float = NAWM_SIGMA_MM) -> np.ndarray:
-    """Local normal-appearing WM intensity: normalised Gaussian convolution over ``wm_weight``."""
-    sig = sigma_mm / voxel_sizes(affine)
+    """Local normal-appearing WM intensity: the segmentation's normalised convolution
+    (:func:`msimaging.segment.local_mean`) over ``wm_weight``; the WM median where no weight."""
+    from msimaging.segment import local_mean
+
     w = np.asarray(wm_weight, np.float32)
-    num = ndi.gaussian_filter(np.asarray(image, np.float32) * w, sig, mode="nearest", truncate=3.0)
-    den = ndi.gaussian_filter(w, sig, mode="nearest", truncate=3.0)
     fallback = float(np.median(np.asarray(image)[w > 0.5])) if (w > 0.5).any() else 1.0
-    out = np.full(w.shape, fallback, np.float32)
-    ok = den > 1e-3
-    out[ok] = num[ok] / den[ok]
-    return out
+    return local_mean(np.asarray(image, np.float32), w, affine, sigma_mm, fallback)
 
 
 def signed_distance_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -561,20 +561,25 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
 
 
 def voxel_features(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray, ev: Evidence,
-                   priors: TissuePriors, contrasts: tuple[str, ...]) -> np.ndarray:
-    """(N, F) base features (:func:`msimaging.lesion_model.base_features`) of the brain's N voxels."""
+                   priors: TissuePriors, contrasts: tuple[str, ...], depth: np.ndarray | None = None) -> np.ndarray:
+    """(N, F) base features (:func:`msimaging.lesion_model.base_features`) of the brain's N voxels.
+
+    ``depth``: :func:`distance_to_surface_mm` of ``brain`` when already computed.
+    """
     from msimaging.lesion_model import base_features
 
     excess, smooth = {}, {}
+    # 1 mm smoothing inside the brain only (normalised, so the surface does not pull it down)
+    den = smooth_mm(brain.astype(np.float32), affine, 1.0)[brain]
     for c in contrasts:
         e = np.where(brain, np.asarray(images[c], np.float32) / np.maximum(ev.refs[c], 1e-6) - 1.0, 0.0)
         excess[c] = e[brain]
-        # 1 mm smoothing inside the brain only (normalised, so the surface does not pull it down)
         num = smooth_mm(e.astype(np.float32), affine, 1.0)
-        den = smooth_mm(brain.astype(np.float32), affine, 1.0)
-        smooth[c] = (num[brain] / np.maximum(den[brain], 1e-3))
-    depth = distance_to_surface_mm(brain, affine)[brain]
-    return base_features(excess, ev.z_gm[brain], ev.post[brain], priors.stack()[brain], depth, contrasts, smooth)
+        smooth[c] = (num[brain] / np.maximum(den, 1e-3))
+    if depth is None:
+        depth = distance_to_surface_mm(brain, affine)
+    return base_features(excess, ev.z_gm[brain], ev.post[brain], priors.stack()[brain], depth[brain], contrasts,
+                         smooth)
 
 
 def model_probability(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray, ev: Evidence,
@@ -588,14 +593,15 @@ def model_probability(images: Mapping[str, np.ndarray], affine: np.ndarray, brai
     an accepted candidate keeps its voxels above ``components.info["voxel_odds"]``, a rejected one
     none. The returned probability is 0.5 exactly at that decision boundary.
     """
-    x = voxel_features(images, affine, brain, ev, priors, model.contrasts)
+    depth = distance_to_surface_mm(brain, affine)
+    x = voxel_features(images, affine, brain, ev, priors, model.contrasts, depth)
     t = min(max(model.threshold, 1e-6), 1 - 1e-6)
     logit = np.full(brain.shape, -40.0, np.float32)
     logit[brain] = model.logit(x) - np.log(t / (1 - t))
     figures: dict[str, Any] = {"model": "+".join(model.contrasts), "model_threshold": model.threshold}
     if components is None:
         return (1.0 / (1.0 + np.exp(-np.clip(logit, -40, 40)))).astype(np.float32), figures
-    labels, n, feats = candidate_components(images, affine, brain, ev, priors, logit, model.contrasts[0])
+    labels, n, feats = candidate_components(images, affine, brain, ev, priors, logit, model.contrasts[0], depth)
     figures["candidates"] = n
     if n == 0:
         return np.zeros(brain.shape, np.float32), figures
@@ -630,15 +636,18 @@ def model_probability(images: Mapping[str, np.ndarray], affine: np.ndarray, brai
 
 
 def candidate_components(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray, ev: Evidence,
-                         priors: TissuePriors, logit: np.ndarray, hyper: str,
+                         priors: TissuePriors, logit: np.ndarray, hyper: str, depth: np.ndarray | None = None,
                          ) -> tuple[np.ndarray, int, np.ndarray]:
-    """Candidate lesions of the voxel stage's ``logit`` (0 at its threshold): labels, count, features."""
-    from msimaging.lesion_model import CANDIDATE_ODDS, component_features
+    """Candidate lesions of the voxel stage's ``logit`` (0 at its threshold): labels, count, features.
+
+    ``depth``: :func:`distance_to_surface_mm` of ``brain`` when already computed.
+    """
+    from msimaging.lesion_model import CANDIDATE_ODDS, COMPONENT_FEATURES, component_features
 
     labels = label_lesions(brain & (logit >= np.log(CANDIDATE_ODDS)), affine)
     n = int(labels.max())
     if n == 0:
-        return labels, 0, np.zeros((0, 9))
+        return labels, 0, np.zeros((0, len(COMPONENT_FEATURES)))
     box = mirror_box(labels > 0, affine, 3.0)
     f = np.asarray(images[hyper], np.float32)
     excess = f[box] / np.maximum(ev.refs[hyper][box], 1e-6) - 1.0
@@ -647,9 +656,10 @@ def candidate_components(images: Mapping[str, np.ndarray], affine: np.ndarray, b
         mirror_z = (f[box] - mirror_reference(f, affine, priors.mirror, 3.0, box)) / s_wm
     else:
         mirror_z = np.zeros(excess.shape, np.float32)
-    depth = distance_to_surface_mm(brain, affine)[box]
+    if depth is None:
+        depth = distance_to_surface_mm(brain, affine)
     feats = component_features(labels[box], n, logit[box], excess, mirror_z, ev.post[box][..., 1], priors.csf[box],
-                               depth, float(np.prod(voxel_sizes(affine))))
+                               depth[box], float(np.prod(voxel_sizes(affine))))
     return labels, n, feats
 
 

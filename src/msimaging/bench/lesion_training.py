@@ -237,18 +237,19 @@ def main(argv: list[str] | None = None) -> None:
 def case_components(bg: Any, mask_path: Path, cfg: dict[str, Any], voxel_model: Any) -> dict[str, Any]:
     """Candidate components of one implanted training case: features, labels and voxel counts."""
     from msimaging.lesions import label_lesions
-    from msimaging.segment import candidate_components, tissue_evidence, voxel_features
+    from msimaging.segment import candidate_components, distance_to_surface_mm, tissue_evidence, voxel_features
 
     sess = bg.session
     imp, brain, exclude, options, priors = training_case(bg, mask_path, cfg)
     cs = voxel_model.contrasts
     used = {c: imp.images[c] for c in cs}
     ev = tissue_evidence(used, sess.affine, brain, priors, options, hyper=cs[0])
-    x = voxel_features(used, sess.affine, brain, ev, priors, cs)
+    depth = distance_to_surface_mm(brain, sess.affine)
+    x = voxel_features(used, sess.affine, brain, ev, priors, cs, depth)
     t = voxel_model.threshold
     logit = np.full(brain.shape, -40.0, np.float32)
     logit[brain] = voxel_model.logit(x) - np.log(t / (1 - t))
-    labels, n, feats = candidate_components(used, sess.affine, brain, ev, priors, logit, cs[0])
+    labels, n, feats = candidate_components(used, sess.affine, brain, ev, priors, logit, cs[0], depth)
     truth = imp.implanted
     t_lab = label_lesions(truth, sess.affine)
     lab = labels.ravel()
