@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from msimaging.bench.realdata import DEFAULT_SHARED, Session, load_session, prepared_run
+from msimaging.geometry import voxel_volume_mm3
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,9 @@ def phantom_case(name: str, work: Path, masks: Path | None, cores: int, cfg: dic
     t0 = time.perf_counter()
     labels = segment(sess.images, sess, cfg)
     secs = time.perf_counter() - t0
-    return {"background": name, "mask": "(phantom)", "kind": "phantom", "truth_ml": float(truth.sum() * abs(
-        np.linalg.det(sess.affine[:3, :3])) / 1000.0), "method": score(labels > 0, truth, sess.affine, None),
+    return {"background": name, "mask": "(phantom)", "kind": "phantom",
+            "truth_ml": float(truth.sum()) * voxel_volume_mm3(sess.affine) / 1000.0,
+            "method": score(labels > 0, truth, sess.affine, None),
         "naive": score(naive_flair_z(sess.images["FLAIR"], sess.brain, sess.affine), truth, sess.affine, None),
         "segment_s": secs}
 
@@ -217,7 +219,7 @@ def implanted_case(bg: Background, mask_path: Path, seed: int, cfg: dict[str, An
     naive = naive_flair_z(imp.images["FLAIR"], sess.brain, sess.affine)
     method = score(labels > 0, imp.truth, sess.affine, bg.own_pred)
     base = score(naive, imp.truth, sess.affine, bg.own_naive)
-    vox_ml = float(abs(np.linalg.det(sess.affine[:3, :3]))) / 1000.0
+    vox_ml = voxel_volume_mm3(sess.affine) / 1000.0
     return {"background": sess.name, "mask": mask_path.name.split("_")[0],
             "truth_ml": float(imp.truth.sum() * vox_ml), "implanted_ml": float(imp.implanted.sum() * vox_ml),
             "method": method, "naive": base, "implant_s": t1 - t0, "segment_s": t2 - t1}
@@ -268,7 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         secs = time.perf_counter() - t0
         assert bg.own_truth is not None
         r = {"background": "sub-p07", "mask": "(none: expert mask)", "kind": "real",
-             "truth_ml": float(bg.own_truth.sum() / 1000.0),
+             "truth_ml": float(bg.own_truth.sum()) * voxel_volume_mm3(bg.session.affine) / 1000.0,
              "method": score(labels > 0, bg.own_truth, bg.session.affine, None),
              "naive": score(naive_flair_z(bg.session.images["FLAIR"], bg.session.brain, bg.session.affine),
                             bg.own_truth, bg.session.affine, None), "segment_s": secs}
