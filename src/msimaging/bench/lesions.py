@@ -199,8 +199,8 @@ def phantom_case(name: str, work: Path, masks: Path | None, cores: int, cfg: dic
     return {"background": name, "mask": "(phantom)", "kind": "phantom",
             "truth_ml": float(truth.sum()) * voxel_volume_mm3(sess.affine) / 1000.0,
             "method": score(labels > 0, truth, sess.affine, None),
-        "naive": score(naive_flair_z(sess.images["FLAIR"], sess.brain, sess.affine), truth, sess.affine, None),
-        "segment_s": secs}
+            "naive": score(naive_flair_z(sess.images["FLAIR"], sess.brain, sess.affine), truth, sess.affine, None),
+            "segment_s": secs}
 
 
 def implanted_case(bg: Background, mask_path: Path, seed: int, cfg: dict[str, Any]) -> dict[str, Any]:
