@@ -4,6 +4,5 @@ from msimaging.runtime import step
 
 smk = snakemake  # noqa: F821
 with step(smk, "detect_enhancing"):
-    run_detect(smk.input.ce, smk.input.t1, smk.input.brain, smk.output.mask, smk.output.qc,
-               smk.wildcards.subject, smk.wildcards.session, smk.config, lesions_path=smk.input.lesions,
-               flair_path=smk.input.get("flair"))
+    run_detect(dict(smk.input.items()), smk.output.mask, smk.output.qc, smk.wildcards.subject,
+               smk.wildcards.session, smk.config)

@@ -169,9 +169,12 @@ class Plan:
     def enhancing_inputs(self, wc: Any) -> dict[str, str]:
         sub, ses = wc.subject, wc.session
         inputs = {"ce": self.preproc(sub, ses, "ceT1w"), "t1": self.preproc(sub, ses, "T1w"),
-                  "brain": L.brain_mask(sub, ses), "lesions": L.lesion_mask(sub, ses)}
+                  "brain": L.brain_mask(sub, ses), "lesions": L.lesion_mask(sub, ses),
+                  "template_xfm": L.template_xfm(sub, ses)}
         if self.ref(sub, ses) == "FLAIR":
             inputs["flair"] = self.preproc(sub, ses)
+        if "T2w" in self.session(sub, ses).contrasts:
+            inputs["t2w"] = self.preproc(sub, ses, "T2w")
         return inputs
 
     def compare_inputs(self, wc: Any) -> dict[str, str]:

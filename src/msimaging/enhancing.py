@@ -1,30 +1,49 @@
 """Gadolinium-enhancing (Gd+) lesions from post-contrast T1w against the co-registered T1w.
 
 Both images are on the session's reference grid (``coregister_session``), N4-corrected and
-standardised (white matter = 1). The method:
+standardised (white matter = 1). What enhances on a real ce-T1w is mostly not MS lesion: vessels,
+choroid plexus, dura and sinuses, cortical and deep grey matter. An enhancing MS lesion is a T2
+lesion, in white matter, T1-iso- or hypointense before contrast; the method finds enhancement and
+then asks each candidate for that evidence (every rule a key of the config's ``enhancing:``):
 
-1. **Intensity matching.** The pre-contrast T1w is quantile-matched to the ce-T1w inside the
-   parenchyma (:func:`msimaging.longitudinal.quantile_match`), so gain, offset and mild
-   non-linear differences between the two acquisitions cancel in the subtraction.
-2. **Enhancement map.** ``z = (ce - T1w_matched)`` in robust z-units of the parenchyma
-   (mode and lower half-width of its histogram, :func:`lesions.robust_mode_sigma`).
-3. **Candidates** are seeds with ``z > z_threshold`` grown through ``z > low_z``, restricted to
-   parenchyma: inside the brain and at least ``edge_mm`` from its surface (dura, sinuses and
-   cortical vessels lie there) and not CSF-dark on the pre-contrast T1w (below ``parenchyma_t1`` x its brain median).
-4. **Rejection** of what enhances without being a lesion: a component mostly within
-   ``csf_margin_mm`` of CSF (choroid plexus in the ventricles, vessels in sulci) or tubular
-   (principal-axis length ratio above ``max_elongation``: vessels) is dropped, unless it
-   overlaps a T2 lesion (Gd+ lesions are T2 lesions).
+1. **Enhancement map.** The pre-contrast T1w is quantile-matched to the ce-T1w inside the
+   parenchyma (:func:`msimaging.longitudinal.quantile_match`); ``z = (ce - T1w_matched)`` in robust
+   z-units of the parenchyma (mode and lower half-width of its histogram).
+2. **Candidates**: seeds with ``z > z_threshold`` grown through ``z > low_z`` in parenchyma (inside
+   the brain, at least ``edge_mm`` from its surface: dura, sinuses, cortical vessels; not CSF-dark
+   on the pre-contrast T1w, below ``parenchyma_t1`` x its brain median); with a FLAIR, voxels at or
+   below ``flair_grow_z`` FLAIR z (CSF partial volume, vessels) neither seed nor join.
+3. **Evidence per candidate** (:func:`candidate_evidence`), each contrast as the fractional excess
+   over its local normal-appearing white matter (:func:`msimaging.implant.local_nawm`, weighted by
+   the template's WM prior): FLAIR and T2w upper-quartile excess (hyperintensity), T1w median
+   excess (pre-contrast signal), the template's mean WM prior (location), the fraction of voxels
+   near CSF (choroid plexus, sulcal vessels), the principal-axis elongation, the tubularity
+   (:func:`tubularity`, 1 - Frangi's blob ratio of the Hessian: vessels) and, with template priors,
+   the T2-lesion model's voxel probability (90th percentile; :func:`msimaging.segment.
+   voxel_lesion_probability`: the learned FLAIR/T2w/T1w lesion-vs-tissue evidence, which tells a
+   lesion from grey matter and vessels where single-contrast excesses cannot).
+4. **Decision** (:func:`accept`): a candidate is a Gd+ lesion when it is hyperintense on every FLAIR
+   / T2w present (``min_flair_excess``, ``min_t2_excess``), lesion-like to the T2-lesion model
+   (``min_t2_probability``), not T1-bright before contrast
+   (``max_t1_excess``: fat, blood products and inflow are; MS lesions are not), not tubular
+   (``max_elongation``, ``max_tubularity``) and in white matter (template WM prior at least
+   ``min_wm_prior``); a candidate mostly near CSF (``max_csf_fraction`` within ``csf_margin_mm``)
+   must overlap the session's T2 lesion mask. The tubularity is reported for every candidate
+   but its rule is off by default (``max_tubularity: 1``): on sub-p07's ce-T1w, implanted real
+   lesion shapes (irregular, often ovoid) scored as tube-like as its vessel candidates (medians
+   0.77 and 0.71), so it removed lesions, not vessels.
 
-Gd+ counts are NA (never 0) when ce-T1w or T1w is missing: the DAG does not schedule this step
-then and the endpoints row carries the reason (``Plan.missing_gd_reason``).
+Without template priors (flat priors, phantoms without a template transform) the location rule is
+skipped; without FLAIR / T2w their hyperintensity rule is. Gd+ counts are NA (never 0) when ce-T1w
+or T1w is missing: the DAG does not schedule this step then and the endpoints row carries the
+reason (``Plan.missing_gd_reason``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -34,20 +53,28 @@ from msimaging.lesions import CONNECTIVITY, LesionRules, flair_zscore, label_les
 
 log = logging.getLogger(__name__)
 
+#: Hessian scales (mm) of the tubularity filter: small cortical / medullary veins to sinuses' tributaries.
+VESSEL_SCALES_MM = (0.7, 1.0, 1.5, 2.0)
+
 
 @dataclass(frozen=True)
 class EnhancingRules:
     """Gd+ detection settings (config section ``enhancing:``; see config/README.md)."""
 
-    z_threshold: float = 5.0        # seed: enhancement above this many robust z-units
+    z_threshold: float = 4.0        # seed: enhancement above this many robust z-units
     low_z: float = 3.0              # grow through voxels above this
     edge_mm: float = 4.0            # distance from the brain surface (dura, sinuses, cortical vessels)
     parenchyma_t1: float = 0.55     # pre-contrast T1w below this x its brain median: CSF / partial volume
     csf_margin_mm: float = 2.0      # choroid plexus / sulcal vessels: components mostly this close to CSF
     max_csf_fraction: float = 0.5
     max_elongation: float = 4.0     # vessels: ratio of principal-axis lengths
+    max_tubularity: float = 1.0     # vessels: Hessian tubularity (1 - Frangi R_B) above this
     flair_grow_z: float = 0.0       # with a FLAIR: voxels at or below this FLAIR z never join a Gd+ lesion
-    flair_z: float = 1.5            # with a FLAIR: its upper-quartile z-score in a Gd+ lesion must exceed this
+    min_flair_excess: float = 0.15  # with a FLAIR: upper-quartile excess over local NAWM at least this
+    min_t2_excess: float = 0.20     # with a T2w: the same on T2w
+    max_t1_excess: float = 0.10     # pre-contrast T1w median excess over local NAWM at most this
+    min_wm_prior: float = 0.5       # with template priors: mean WM prior at least this
+    min_t2_probability: float = 0.3  # with the T2-lesion model: its voxel probability (90th pct) at least this
     min_volume_mm3: float = 10.0
 
     @classmethod
@@ -79,6 +106,119 @@ def elongation(coords_mm: np.ndarray) -> float:
     return float(np.sqrt(max(ev[0], 1e-9) / max(ev[1], 1e-9)))
 
 
+def hessian_eigenvalues(image: np.ndarray, sigma_mm: float, zooms: np.ndarray) -> np.ndarray:
+    """Eigenvalues (ascending, ``(..., 3)``) of the scale-normalised Hessian of ``image`` at ``sigma_mm``."""
+    sig = float(sigma_mm) / np.asarray(zooms, float)
+    img = np.asarray(image, np.float32)
+    h = np.empty(img.shape + (3, 3), np.float32)
+    for i in range(3):
+        for j in range(i, 3):
+            order = [0, 0, 0]
+            order[i] += 1
+            order[j] += 1
+            d = ndi.gaussian_filter(img, sig, order=order) * (sigma_mm ** 2) / (zooms[i] * zooms[j])
+            h[..., i, j] = d
+            h[..., j, i] = d
+    return np.linalg.eigvalsh(h)
+
+
+def tubularity(z: np.ndarray, affine: np.ndarray, box: tuple[slice, ...], comp: np.ndarray,
+               scales_mm: tuple[float, ...] = VESSEL_SCALES_MM) -> float:
+    """How tube-like a bright candidate is (0 blob .. 1 tube), from Frangi's ratio R_B.
+
+    At each scale the Hessian of the enhancement map has, in a bright structure, eigenvalues
+    ``l1 >= l2 >= l3`` with ``l3, l2 < 0``; a tube has ``l1 ~ 0`` (along its axis), a blob
+    ``l1 ~ l2 ~ l3``. ``R_B = |l1| / sqrt(|l2 l3|)`` (Frangi et al., MICCAI 1998) is taken at the
+    scale of the strongest response in the candidate's brightest half (median over those voxels);
+    the tubularity is ``1 - min(R_B, 1)``. A shell (ring lesion) has ``l2 ~ 0`` and ``l1 ~ 0``
+    and a low score too, so only tubes score high.
+    """
+    pad = int(np.ceil(3 * max(scales_mm) / float(np.min(voxel_sizes(affine))))) + 1
+    big = tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(box, z.shape))
+    inner = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(box, big))
+    sub = np.clip(z[big], 0.0, None)
+    vals = z[box][comp]
+    core = comp & (z[box] >= 0.5 * (float(vals.max()) + float(np.median(vals)))) if vals.size else comp
+    if not core.any():
+        core = comp
+    zooms = voxel_sizes(affine)
+    best, best_strength = 0.0, -np.inf
+    for s in scales_mm:
+        ev = hessian_eigenvalues(sub, s, zooms)[inner][core]     # ascending: l3 <= l2 <= l1
+        l3, l2, l1 = ev[:, 0], ev[:, 1], ev[:, 2]
+        bright = (l3 < 0) & (l2 < 0)
+        if not bright.any():
+            continue
+        strength = float(np.median(np.sqrt(l1 ** 2 + l2 ** 2 + l3 ** 2)))
+        rb = np.abs(l1[bright]) / np.sqrt(np.abs(l2[bright] * l3[bright]))
+        if strength > best_strength:
+            best_strength, best = strength, float(1.0 - min(np.median(rb), 1.0))
+    return best
+
+
+def candidate_evidence(labels: np.ndarray, z: np.ndarray, affine: np.ndarray, brain: np.ndarray,
+                       images: Mapping[str, np.ndarray], nawm: Mapping[str, np.ndarray],
+                       near_csf: np.ndarray, t2_lesions: np.ndarray | None, wm_prior: np.ndarray | None,
+                       t2_probability: np.ndarray | None = None) -> list[dict[str, float]]:
+    """Per labelled candidate (label order) the evidence :func:`accept` decides on.
+
+    ``images`` may hold FLAIR, T2w and T1w (pre-contrast), ``nawm`` their local NAWM references.
+    """
+    zooms = voxel_sizes(affine)
+    t2 = None if t2_lesions is None else ndi.binary_dilation(np.asarray(t2_lesions, bool), CONNECTIVITY)
+    out = []
+    for lid, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            out.append({})
+            continue
+        comp = labels[box] == lid
+        f: dict[str, float] = {"volume_mm3": float(comp.sum() * np.prod(zooms)),
+                               "z_max": float(z[box][comp].max())}
+        for c, q in (("FLAIR", 75), ("T2w", 75), ("T1w", 50)):
+            if c in images:
+                rel = np.asarray(images[c], np.float32)[box][comp] / np.maximum(nawm[c][box][comp], 1e-6) - 1.0
+                f[f"{c}_excess"] = float(np.percentile(rel, q))
+        f["csf_fraction"] = float(near_csf[box][comp].mean())
+        f["elongation"] = elongation(np.argwhere(comp) * zooms)
+        f["tubularity"] = tubularity(z, affine, box, comp)
+        f["t2_lesion"] = float(bool(t2 is not None and (t2[box] & comp).any()))
+        if wm_prior is not None:
+            f["wm_prior"] = float(np.asarray(wm_prior)[box][comp].mean())
+        if t2_probability is not None:
+            f["t2_probability"] = float(np.percentile(np.asarray(t2_probability)[box][comp], 90))
+        out.append(f)
+    return out
+
+
+def accept(f: Mapping[str, float], rules: EnhancingRules) -> tuple[bool, str]:
+    """The decision on one candidate's evidence: (is a Gd+ lesion, the reason when not)."""
+    if "FLAIR_excess" in f and f["FLAIR_excess"] < rules.min_flair_excess:
+        return False, "not FLAIR-hyperintense"
+    if "T2w_excess" in f and f["T2w_excess"] < rules.min_t2_excess:
+        return False, "not T2-hyperintense"
+    if "t2_probability" in f and f["t2_probability"] < rules.min_t2_probability:
+        return False, "not lesion-like on FLAIR/T2w/T1w (T2-lesion model)"
+    if "T1w_excess" in f and f["T1w_excess"] > rules.max_t1_excess:
+        return False, "T1-bright before contrast"
+    if f["elongation"] > rules.max_elongation or f["tubularity"] > rules.max_tubularity:
+        return False, "tubular (vessel)"
+    in_t2 = f.get("t2_lesion", 0.0) > 0
+    if f["csf_fraction"] > rules.max_csf_fraction and not in_t2:
+        return False, "beside CSF (choroid plexus, sulcal vessel)"
+    if "wm_prior" in f and f["wm_prior"] < rules.min_wm_prior:
+        return False, "outside white matter (grey matter, vessels, choroid plexus)"
+    return True, ""
+
+
+@dataclass
+class Detection:
+    """Gd+ lesions of one session and the evidence of every candidate."""
+
+    labels: np.ndarray                       # int32 Gd+ lesions (0 background)
+    candidates: list[dict[str, Any]]         # evidence, decision and reason per candidate
+    candidate_labels: np.ndarray | None = None  # int32 candidates (ids of ``candidates``)
+
+
 def detect_enhancing(
     ce: np.ndarray,
     t1: np.ndarray,
@@ -88,8 +228,36 @@ def detect_enhancing(
     lesion_rules: LesionRules = LesionRules(),
     t2_lesions: np.ndarray | None = None,
     flair: np.ndarray | None = None,
+    t2w: np.ndarray | None = None,
+    wm_prior: np.ndarray | None = None,
+    t2_probability: np.ndarray | None = None,
 ) -> np.ndarray:
     """Labelled Gd+ lesions (int32, 0 background) on the grid of ``ce`` (see the module docstring)."""
+    return detect(ce, t1, affine, brain, rules, lesion_rules, t2_lesions, flair, t2w, wm_prior,
+                  t2_probability).labels
+
+
+def detect(
+    ce: np.ndarray,
+    t1: np.ndarray,
+    affine: np.ndarray,
+    brain: np.ndarray,
+    rules: EnhancingRules = EnhancingRules(),
+    lesion_rules: LesionRules = LesionRules(),
+    t2_lesions: np.ndarray | None = None,
+    flair: np.ndarray | None = None,
+    t2w: np.ndarray | None = None,
+    wm_prior: np.ndarray | None = None,
+    t2_probability: np.ndarray | None = None,
+) -> Detection:
+    """:func:`detect_enhancing` with every candidate's evidence and decision.
+
+    ``wm_prior``: the template's WM probability on the session grid (None: no location rule; it
+    also weights the local NAWM references, else the brain does). ``t2_probability``: the
+    T2-lesion model's voxel probability (:func:`msimaging.segment.voxel_lesion_probability`;
+    None: no such rule).
+    """
+    from msimaging.implant import local_nawm
     from msimaging.morphology import dilate_mm, erode_mm
 
     brain = np.asarray(brain, dtype=bool)
@@ -108,58 +276,89 @@ def detect_enhancing(
         # a lesion: this keeps lesions from merging with vessel / choroid clusters
         seeds &= fz > rules.flair_grow_z
         grow &= fz > rules.flair_grow_z
+    empty = Detection(np.zeros(brain.shape, dtype=np.int32), [])
     region, n = ndi.label(grow | seeds, structure=CONNECTIVITY)
     if n == 0:
-        return np.zeros(region.shape, dtype=np.int32)
+        return empty
     keep = np.zeros(n + 1, dtype=bool)
     keep[np.unique(region[seeds])] = True
     keep[0] = False
     min_rules = LesionRules(min_volume_mm3=max(rules.min_volume_mm3, 0.0), min_voxels=lesion_rules.min_voxels)
     labels = label_lesions(keep[region], affine, min_rules)
     if labels.max() == 0:
-        return labels
+        return empty
     csf = brain & (t1 <= t1_floor)
     near_csf = dilate_mm(csf, rules.csf_margin_mm, affine) if rules.csf_margin_mm > 0 else csf
-    t2 = None if t2_lesions is None else ndi.binary_dilation(np.asarray(t2_lesions, bool), CONNECTIVITY)
-    zooms = voxel_sizes(affine)
-    out = np.zeros(labels.shape, dtype=bool)
-    for lid, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is None:
+    images = {"T1w": t1}
+    if flair is not None:
+        images["FLAIR"] = np.asarray(flair, np.float32)
+    if t2w is not None:
+        images["T2w"] = np.asarray(t2w, np.float32)
+    weight = (np.asarray(wm_prior, np.float32) >= 0.9) if wm_prior is not None else tissue.copy()
+    weight &= brain
+    if t2_lesions is not None:
+        weight &= ~ndi.binary_dilation(np.asarray(t2_lesions, bool), CONNECTIVITY, iterations=2)
+    nawm = {c: local_nawm(v, weight.astype(np.float32), affine) for c, v in images.items()}
+    evidence = candidate_evidence(labels, z, affine, brain, images, nawm, near_csf, t2_lesions, wm_prior,
+                                  t2_probability)
+    lut = np.zeros(len(evidence) + 1, dtype=bool)
+    candidates: list[dict[str, Any]] = []
+    for lid, f in enumerate(evidence, start=1):
+        if not f:
             continue
-        comp = labels[box] == lid
-        if fz is not None and float(np.percentile(fz[box][comp], 75)) < rules.flair_z:
-            continue              # not T2/FLAIR-hyperintense: vessel or choroid plexus in CSF
-        if t2 is None or not (t2[box] & comp).any():
-            csf_fraction = float(near_csf[box][comp].mean())
-            ijk = np.argwhere(comp) * zooms
-            if csf_fraction > rules.max_csf_fraction or elongation(ijk) > rules.max_elongation:
-                continue
-        out[box] |= comp
-    return label_lesions(out, affine, min_rules)
+        ok, why = accept(f, rules)
+        candidates.append({"candidate": lid, **{k: round(v, 4) for k, v in f.items()}, "accepted": ok,
+                           "reason": why})
+        lut[lid] = ok
+    return Detection(label_lesions(lut[labels], affine, min_rules), candidates, labels)
 
 
-def run_detect(ce_path: str, t1_path: str, brain_path: str, out_mask: str, out_json: str,
-               subject: str, session: str, cfg: dict, lesions_path: str | None = None,
-               flair_path: str | None = None) -> None:
+def run_detect(inputs: Mapping[str, str], out_mask: str, out_json: str, subject: str, session: str,
+               cfg: Mapping[str, Any]) -> None:
     """Detect Gd+ lesions of one session; write the mask (reference grid) and the QC JSON.
 
-    ``lesions_path`` (T2 lesion mask) and ``flair_path`` (the FLAIR reference) are optional
-    evidence on the same grid; without FLAIR the hyperintensity check is skipped.
+    ``inputs``: ``ce``, ``t1`` and ``brain`` (required) and, as evidence on the same grid when the
+    session has them, ``lesions`` (T2 lesion mask), ``flair`` (the FLAIR reference), ``t2w`` and
+    ``template_xfm`` (template -> session: WM prior and the T2-lesion model's probability). The QC
+    JSON lists every candidate with its evidence and the reason it was not counted.
     """
     from msimaging import io
+    from msimaging.geometry import Grid, read_transform
     from msimaging.lesions import rules_from_config, total_volume_ml
     from msimaging.qc import QCReport
+    from msimaging.segment import SegmentOptions, tissue_priors, voxel_lesion_probability
 
-    ce, affine = io.read_image(ce_path)
-    t1, _ = io.read_image(t1_path)
-    brain, _ = io.read_mask(brain_path)
-    t2 = io.read_mask(lesions_path)[0] if lesions_path else None
-    flair = io.read_image(flair_path)[0] if flair_path else None
-    rules = EnhancingRules.from_config(cfg)
-    labels = detect_enhancing(ce, t1, affine, brain, rules, rules_from_config(cfg), t2_lesions=t2, flair=flair)
+    ce, affine = io.read_image(inputs["ce"])
+    t1, _ = io.read_image(inputs["t1"])
+    brain, _ = io.read_mask(inputs["brain"])
+    t2 = io.read_mask(inputs["lesions"])[0] if inputs.get("lesions") else None
+    flair = io.read_image(inputs["flair"])[0] if inputs.get("flair") else None
+    t2w = io.read_image(inputs["t2w"])[0] if inputs.get("t2w") else None
+    for name, arr in (("T1w", t1), ("brain", brain), ("lesions", t2), ("FLAIR", flair), ("T2w", t2w)):
+        if arr is not None and arr.shape != ce.shape:
+            raise ValueError(f"{name} is not on the ce-T1w's session grid ({arr.shape} vs {ce.shape})")
+    wm_prior = t2_prob = None
+    if inputs.get("template_xfm"):
+        priors = tissue_priors(Grid(tuple(ce.shape), affine), read_transform(inputs["template_xfm"]))  # type: ignore[arg-type]
+        wm_prior = priors.wm
+        seg_images = {c: v for c, v in (("FLAIR", flair), ("T2w", t2w), ("T1w", t1)) if v is not None}
+        if "FLAIR" in seg_images or "T2w" in seg_images:
+            t2_prob = voxel_lesion_probability(seg_images, affine, brain, priors, SegmentOptions.from_config(dict(cfg)))
+    rules = EnhancingRules.from_config(dict(cfg))
+    found = detect(ce, t1, affine, brain, rules, rules_from_config(dict(cfg)), t2_lesions=t2, flair=flair,
+                   t2w=t2w, wm_prior=wm_prior, t2_probability=t2_prob)
+    labels = found.labels
     io.write_mask(out_mask, labels > 0, affine)
     report = QCReport(subject, session)
     report.figures["gd_lesion_count"] = int(labels.max())
     report.figures["gd_lesion_volume_ml"] = total_volume_ml(labels, affine)
+    report.figures["gd_candidates"] = len(found.candidates)
+    reasons: dict[str, int] = {}
+    for c in found.candidates:
+        if not c["accepted"]:
+            reasons[c["reason"]] = reasons.get(c["reason"], 0) + 1
     report.add("detect_enhancing", "lesions", "count", int(labels.max()))
-    io.write_json(out_json, report.to_dict())
+    report.add("detect_enhancing", "lesions", "candidates rejected", "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none")
+    out = report.to_dict()
+    out["gd_candidates"] = found.candidates
+    io.write_json(out_json, out)

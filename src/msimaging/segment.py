@@ -687,6 +687,32 @@ def hyper_contrast(images: Mapping[str, np.ndarray]) -> str:
     raise ValueError(f"lesion segmentation needs FLAIR or T2w, got {sorted(images)}")
 
 
+def voxel_lesion_probability(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray,
+                             priors: TissuePriors, options: SegmentOptions = SegmentOptions()) -> np.ndarray | None:
+    """The learned voxel stage's lesion probability (0.5 at its threshold), before any component
+    decision; None when no model applies (flat priors, rule-based method, no model for the contrasts).
+
+    Other steps use it as per-voxel T2-lesion evidence (:mod:`msimaging.enhancing`)."""
+    if options.method != "model" or not priors.from_template:
+        return None
+    from msimaging.lesion_model import bundled_models, model_for
+
+    brain = np.asarray(brain) > 0
+    hyper = hyper_contrast(images)
+    used = {hyper: np.asarray(images[hyper], dtype=np.float32)}
+    used.update({c: np.asarray(images[c], dtype=np.float32) for c in MODEL_CONTRASTS
+                 if c in images and c != hyper})
+    model = model_for(tuple(used), bundled_models())
+    if model is None:
+        return None
+    if options.prior_smoothing_mm > 0:
+        priors = replace(priors, **{k: smooth_mm(getattr(priors, k), affine, options.prior_smoothing_mm)
+                                    for k in CLASSES})
+    ev = tissue_evidence(used, affine, brain, priors, options, hyper=hyper)
+    prob, _ = model_probability(used, affine, brain, ev, priors, model)
+    return prob
+
+
 def segment_lesions(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray,
                     priors: TissuePriors, options: SegmentOptions = SegmentOptions(),
                     rules: LesionRules = LesionRules()) -> Segmentation:
