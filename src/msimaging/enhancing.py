@@ -313,6 +313,29 @@ def detect(
     return Detection(label_lesions(lut[labels], affine, min_rules), candidates, labels)
 
 
+def detect_session(ce: np.ndarray, t1: np.ndarray, affine: np.ndarray, brain: np.ndarray, cfg: Mapping[str, Any],
+                   t2_lesions: np.ndarray | None = None, flair: np.ndarray | None = None,
+                   t2w: np.ndarray | None = None, template_xfm: Any = None) -> Detection:
+    """The detect_enhancing rule's computation on in-memory inputs (all on the session grid).
+
+    ``template_xfm`` (template -> session, ITK resampling convention) gives the WM prior and, with
+    a FLAIR or T2w, the T2-lesion model's voxel probability; without it both rules are skipped.
+    """
+    from msimaging.geometry import Grid
+    from msimaging.lesions import rules_from_config
+    from msimaging.segment import SegmentOptions, tissue_priors, voxel_lesion_probability
+
+    wm_prior = t2_prob = None
+    if template_xfm is not None:
+        priors = tissue_priors(Grid(tuple(np.shape(ce)), affine), template_xfm)  # type: ignore[arg-type]
+        wm_prior = priors.wm
+        seg_images = {c: v for c, v in (("FLAIR", flair), ("T2w", t2w), ("T1w", t1)) if v is not None}
+        if "FLAIR" in seg_images or "T2w" in seg_images:
+            t2_prob = voxel_lesion_probability(seg_images, affine, brain, priors, SegmentOptions.from_config(dict(cfg)))
+    return detect(ce, t1, affine, brain, EnhancingRules.from_config(dict(cfg)), rules_from_config(dict(cfg)),
+                  t2_lesions=t2_lesions, flair=flair, t2w=t2w, wm_prior=wm_prior, t2_probability=t2_prob)
+
+
 def run_detect(inputs: Mapping[str, str], out_mask: str, out_json: str, subject: str, session: str,
                cfg: Mapping[str, Any]) -> None:
     """Detect Gd+ lesions of one session; write the mask (reference grid) and the QC JSON.
@@ -323,10 +346,9 @@ def run_detect(inputs: Mapping[str, str], out_mask: str, out_json: str, subject:
     JSON lists every candidate with its evidence and the reason it was not counted.
     """
     from msimaging import io
-    from msimaging.geometry import Grid, read_transform
-    from msimaging.lesions import rules_from_config, total_volume_ml
+    from msimaging.geometry import read_transform
+    from msimaging.lesions import total_volume_ml
     from msimaging.qc import QCReport
-    from msimaging.segment import SegmentOptions, tissue_priors, voxel_lesion_probability
 
     ce, affine = io.read_image(inputs["ce"])
     t1, _ = io.read_image(inputs["t1"])
@@ -337,16 +359,8 @@ def run_detect(inputs: Mapping[str, str], out_mask: str, out_json: str, subject:
     for name, arr in (("T1w", t1), ("brain", brain), ("lesions", t2), ("FLAIR", flair), ("T2w", t2w)):
         if arr is not None and arr.shape != ce.shape:
             raise ValueError(f"{name} is not on the ce-T1w's session grid ({arr.shape} vs {ce.shape})")
-    wm_prior = t2_prob = None
-    if inputs.get("template_xfm"):
-        priors = tissue_priors(Grid(tuple(ce.shape), affine), read_transform(inputs["template_xfm"]))  # type: ignore[arg-type]
-        wm_prior = priors.wm
-        seg_images = {c: v for c, v in (("FLAIR", flair), ("T2w", t2w), ("T1w", t1)) if v is not None}
-        if "FLAIR" in seg_images or "T2w" in seg_images:
-            t2_prob = voxel_lesion_probability(seg_images, affine, brain, priors, SegmentOptions.from_config(dict(cfg)))
-    rules = EnhancingRules.from_config(dict(cfg))
-    found = detect(ce, t1, affine, brain, rules, rules_from_config(dict(cfg)), t2_lesions=t2, flair=flair,
-                   t2w=t2w, wm_prior=wm_prior, t2_probability=t2_prob)
+    xfm = read_transform(inputs["template_xfm"]) if inputs.get("template_xfm") else None
+    found = detect_session(ce, t1, affine, brain, cfg, t2_lesions=t2, flair=flair, t2w=t2w, template_xfm=xfm)
     labels = found.labels
     io.write_mask(out_mask, labels > 0, affine)
     report = QCReport(subject, session)

@@ -307,6 +307,9 @@ def _thumb_panels(info: dict[str, Any], les_kind: str, ref_img: np.ndarray, ref_
         panels = [("ce-T1w", cache["ce"])]
         if "t1_image" in info:
             panels.append(("T1w (pre)", cache.setdefault("t1", io.read_image(info["t1_image"])[0])))
+        if info.get("reference") in ("FLAIR", "T2w"):
+            # an enhancing MS lesion is T2/FLAIR-hyperintense: the reader checks it here
+            panels.append((f"{info['reference']} ses-{info['session']}", ref_img))
         return panels
     panels = [(f"{info['reference']} ses-{info['session']}", ref_img)]
     if "baseline_on_session" in cache:

@@ -117,3 +117,18 @@ def test_registration_figure_is_a_checkerboard_over_edges(tmp_path):
 def test_page_is_self_contained_and_counts_its_figures():
     html = page_html("p01", ["<img src='data:image/png;base64,AAAA'>"], 1)
     assert "data-expected='1'" in html and "figure-status" in html and "http" not in html
+
+
+def test_gd_thumbnail_shows_ce_t1w_beside_pre_contrast_t1w_and_flair(tmp_path):
+    from msimaging import io
+    from msimaging.report import _thumb_panels
+
+    affine = _lps_affine()
+    ce, t1, flair = (np.full((8, 8, 4), v, np.float32) for v in (1.3, 1.0, 0.7))
+    io.write_image(str(tmp_path / "t1.nii.gz"), t1, affine)
+    info = {"reference": "FLAIR", "session": "M00", "t1_image": str(tmp_path / "t1.nii.gz")}
+    panels = _thumb_panels(info, "Gd", flair, affine, {"ce": ce})
+    assert [name for name, _ in panels] == ["ce-T1w", "T1w (pre)", "FLAIR ses-M00"]
+    assert np.allclose(panels[1][1], 1.0) and np.allclose(panels[2][1], 0.7)
+    # a T2 lesion's thumbnail shows the reference (and the baseline when registered)
+    assert [n for n, _ in _thumb_panels(info, "T2", flair, affine, {"ce": ce})] == ["FLAIR ses-M00"]

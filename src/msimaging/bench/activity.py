@@ -7,6 +7,9 @@ and :mod:`msimaging.enhancing`):
 * phantoms (``msimaging.phantom``): lesion-wise recall of new and enlarging lesions vs baseline,
   false new lesions per visit pair, Gd+ recall and false Gd+ lesions per scan, and the new /
   enlarging counts of a scan-rescan pair (expected 0);
+* Gd+ lesions on the real post-contrast scan of ``ms-crosssectional/sub-p07`` and on enhancing
+  lesions implanted among its real vessels (:mod:`msimaging.bench.enhancing_real`, the pipeline's
+  own path): Gd+ lesions outside the expert T2 mask, recall by size and false Gd+ per scan;
 * the real patient ``ms-longitudinal/sub-p12`` and a real-background longitudinal set built from
   it, **on the pipeline's own path** (:mod:`msimaging.bench.activity_real`: ``msimaging run``'s
   registration, segmentation and comparison; no truth transform, no flat prior): lesion-wise F1
@@ -57,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-phantom", action="store_true", help="[activity] sub-p12 only")
     parser.add_argument("--activity-real-work", type=Path, default=Path("bench-work/activity"),
                         help="[activity] folder for the real-background case and its cached pipeline run")
+    parser.add_argument("--skip-gd-real", action="store_true",
+                        help="[activity] no Gd+ figures on sub-p07's real ce-T1w and its implanted cases")
     parser.add_argument("--activity-reference-path", action="store_true",
                         help="[activity] also the former sub-p12 figures (reference brain masks and transforms, "
                              "flat priors) besides the pipeline's own path")
@@ -361,6 +366,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures.update(phantom_figures(args.activity_work, list(args.activity_seeds), args.activity_resolution,
                                        args.activity_registration))
     p12 = Path(args.shared_data) / "ms-longitudinal"
+    if not args.skip_real and not getattr(args, "skip_gd_real", False):
+        if (Path(args.shared_data) / "ms-crosssectional").is_dir():
+            from msimaging.bench.enhancing_real import real_gd_figures
+
+            # Gd+ on a real post-contrast scan and implanted enhancing lesions among its real vessels
+            figures.update(real_gd_figures(Path(args.shared_data), args.activity_real_work))
+        else:
+            print(f"{args.shared_data}/ms-crosssectional: not present; real Gd+ figures skipped")
     if not args.skip_real:
         if p12.is_dir():
             from msimaging.bench.activity_real import real_figures
@@ -372,7 +385,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             print(f"{p12}: not present; sub-p12 figures skipped")
     for k, v in figures.items():
-        if k not in ("per_pair", "per_session"):
+        if k not in ("per_pair", "per_session", "gd_implant_rows"):
             print(f"{k:<44}{v:.3f}" if isinstance(v, float) else f"{k:<44}{v}")
     return figures
 

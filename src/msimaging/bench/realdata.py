@@ -35,7 +35,7 @@ AFTER_PREPARATION = frozenset({
     "segment.py", "lesions.py", "lesion_prior.py", "implant.py", "evaluate.py", "enhancing.py",
     "longitudinal.py", "atrophy.py", "endpoints.py", "outcome.py", "merge.py", "adjudication.py",
     "report.py", "cohort.py", "viewer.py", "browser.py", "recovery.py", "lesion_model.py", "bench",
-    "implant_longitudinal.py", "data/lesion_model.json", "data/lesion_profile.json", "data/lesion_frequency_mni_2mm.npz",
+    "implant_longitudinal.py", "implant_enhancing.py", "data/lesion_model.json", "data/lesion_profile.json", "data/lesion_frequency_mni_2mm.npz",
 })
 
 
@@ -46,7 +46,7 @@ CONFIG_AFTER_PREPARATION = frozenset({"lesions", "change", "enhancing", "atrophy
 #: Package modules that only run from ``compare_visits`` / ``measure_brain`` on (see
 #: :func:`pipeline_run` with its default ``omit_from``).
 AFTER_SEGMENTATION = frozenset({
-    "implant.py", "implant_longitudinal.py", "evaluate.py", "longitudinal.py", "atrophy.py", "endpoints.py",
+    "implant.py", "implant_longitudinal.py", "implant_enhancing.py", "evaluate.py", "longitudinal.py", "atrophy.py", "endpoints.py",
     "outcome.py", "merge.py", "adjudication.py", "report.py", "cohort.py", "viewer.py", "recovery.py", "bench",
 })
 CONFIG_AFTER_SEGMENTATION = frozenset({"change", "atrophy", "qc", "outcome"})
