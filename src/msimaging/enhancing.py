@@ -26,7 +26,11 @@ then asks each candidate for that evidence (every rule a key of the config's ``e
    / T2w present (``min_flair_excess``, ``min_t2_excess``), lesion-like to the T2-lesion model
    (``min_t2_probability``), not T1-bright before contrast
    (``max_t1_excess``: fat, blood products and inflow are; MS lesions are not), not tubular
-   (``max_elongation``, ``max_tubularity``) and in white matter (template WM prior at least
+   (``max_elongation``, ``max_tubularity``), not a small candidate whose left-right mirror image
+   about the template midline enhances too (``max_mirror_fraction`` of its voxels within
+   ``mirror_margin_mm`` of mirrored candidates, below ``mirror_max_volume_mm3``: the paired deep
+   and subependymal veins; a lesion is rarely matched by an enhancing one at its mirror position)
+   and in white matter (template WM prior at least
    ``min_wm_prior``); a candidate mostly near CSF (``max_csf_fraction`` within ``csf_margin_mm``)
    must overlap the session's T2 lesion mask. The tubularity is reported for every candidate
    but its rule is off by default (``max_tubularity: 1``): on sub-p07's ce-T1w, implanted real
@@ -75,6 +79,9 @@ class EnhancingRules:
     max_t1_excess: float = 0.10     # pre-contrast T1w median excess over local NAWM at most this
     min_wm_prior: float = 0.5       # with template priors: mean WM prior at least this
     min_t2_probability: float = 0.3  # with the T2-lesion model: its voxel probability (90th pct) at least this
+    mirror_margin_mm: float = 2.0   # symmetric anatomy: a candidate within this of its mirrored candidates ...
+    max_mirror_fraction: float = 0.4  # ... for more than this fraction of its voxels ...
+    mirror_max_volume_mm3: float = 100.0  # ... and smaller than this is a paired vein, not a lesion
     min_volume_mm3: float = 10.0
 
     @classmethod
@@ -159,10 +166,12 @@ def tubularity(z: np.ndarray, affine: np.ndarray, box: tuple[slice, ...], comp: 
 def candidate_evidence(labels: np.ndarray, z: np.ndarray, affine: np.ndarray, brain: np.ndarray,
                        images: Mapping[str, np.ndarray], nawm: Mapping[str, np.ndarray],
                        near_csf: np.ndarray, t2_lesions: np.ndarray | None, wm_prior: np.ndarray | None,
-                       t2_probability: np.ndarray | None = None) -> list[dict[str, float]]:
+                       t2_probability: np.ndarray | None = None, mirrored: np.ndarray | None = None
+                       ) -> list[dict[str, float]]:
     """Per labelled candidate (label order) the evidence :func:`accept` decides on.
 
-    ``images`` may hold FLAIR, T2w and T1w (pre-contrast), ``nawm`` their local NAWM references.
+    ``images`` may hold FLAIR, T2w and T1w (pre-contrast), ``nawm`` their local NAWM references;
+    ``mirrored``: where the left-right mirror image of any candidate lies (within a margin).
     """
     zooms = voxel_sizes(affine)
     t2 = None if t2_lesions is None else ndi.binary_dilation(np.asarray(t2_lesions, bool), CONNECTIVITY)
@@ -186,6 +195,8 @@ def candidate_evidence(labels: np.ndarray, z: np.ndarray, affine: np.ndarray, br
             f["wm_prior"] = float(np.asarray(wm_prior)[box][comp].mean())
         if t2_probability is not None:
             f["t2_probability"] = float(np.percentile(np.asarray(t2_probability)[box][comp], 90))
+        if mirrored is not None:
+            f["mirror_fraction"] = float(mirrored[box][comp].mean())
         out.append(f)
     return out
 
@@ -202,6 +213,8 @@ def accept(f: Mapping[str, float], rules: EnhancingRules) -> tuple[bool, str]:
         return False, "T1-bright before contrast"
     if f["elongation"] > rules.max_elongation or f["tubularity"] > rules.max_tubularity:
         return False, "tubular (vessel)"
+    if f.get("mirror_fraction", 0.0) > rules.max_mirror_fraction and f["volume_mm3"] < rules.mirror_max_volume_mm3:
+        return False, "mirror-symmetric enhancement (paired deep veins)"
     in_t2 = f.get("t2_lesion", 0.0) > 0
     if f["csf_fraction"] > rules.max_csf_fraction and not in_t2:
         return False, "beside CSF (choroid plexus, sulcal vessel)"
@@ -249,13 +262,15 @@ def detect(
     t2w: np.ndarray | None = None,
     wm_prior: np.ndarray | None = None,
     t2_probability: np.ndarray | None = None,
+    mirror: Any = None,
 ) -> Detection:
     """:func:`detect_enhancing` with every candidate's evidence and decision.
 
     ``wm_prior``: the template's WM probability on the session grid (None: no location rule; it
     also weights the local NAWM references, else the brain does). ``t2_probability``: the
     T2-lesion model's voxel probability (:func:`msimaging.segment.voxel_lesion_probability`;
-    None: no such rule).
+    None: no such rule). ``mirror``: the session -> session left-right mirror about the template
+    midline (:func:`msimaging.segment.midline_mirror`; None: no symmetry rule).
     """
     from msimaging.implant import local_nawm
     from msimaging.morphology import dilate_mm, erode_mm
@@ -299,8 +314,16 @@ def detect(
     if t2_lesions is not None:
         weight &= ~ndi.binary_dilation(np.asarray(t2_lesions, bool), CONNECTIVITY, iterations=2)
     nawm = {c: local_nawm(v, weight.astype(np.float32), affine) for c, v in images.items()}
+    mirrored = None
+    if mirror is not None:
+        from msimaging.geometry import Grid, resample_array
+
+        grid = Grid(tuple(labels.shape), affine)  # type: ignore[arg-type]
+        mirrored = resample_array((labels > 0).astype(np.float32), affine, grid, mirror) >= 0.5
+        if rules.mirror_margin_mm > 0:
+            mirrored = dilate_mm(mirrored, rules.mirror_margin_mm, affine)
     evidence = candidate_evidence(labels, z, affine, brain, images, nawm, near_csf, t2_lesions, wm_prior,
-                                  t2_probability)
+                                  t2_probability, mirrored)
     lut = np.zeros(len(evidence) + 1, dtype=bool)
     candidates: list[dict[str, Any]] = []
     for lid, f in enumerate(evidence, start=1):
@@ -325,15 +348,16 @@ def detect_session(ce: np.ndarray, t1: np.ndarray, affine: np.ndarray, brain: np
     from msimaging.lesions import rules_from_config
     from msimaging.segment import SegmentOptions, tissue_priors, voxel_lesion_probability
 
-    wm_prior = t2_prob = None
+    wm_prior = t2_prob = mirror = None
     if template_xfm is not None:
         priors = tissue_priors(Grid(tuple(np.shape(ce)), affine), template_xfm)  # type: ignore[arg-type]
-        wm_prior = priors.wm
+        wm_prior, mirror = priors.wm, priors.mirror
         seg_images = {c: v for c, v in (("FLAIR", flair), ("T2w", t2w), ("T1w", t1)) if v is not None}
         if "FLAIR" in seg_images or "T2w" in seg_images:
             t2_prob = voxel_lesion_probability(seg_images, affine, brain, priors, SegmentOptions.from_config(dict(cfg)))
     return detect(ce, t1, affine, brain, EnhancingRules.from_config(dict(cfg)), rules_from_config(dict(cfg)),
-                  t2_lesions=t2_lesions, flair=flair, t2w=t2w, wm_prior=wm_prior, t2_probability=t2_prob)
+                  t2_lesions=t2_lesions, flair=flair, t2w=t2w, wm_prior=wm_prior, t2_probability=t2_prob,
+                  mirror=mirror)
 
 
 def run_detect(inputs: Mapping[str, str], out_mask: str, out_json: str, subject: str, session: str,
