@@ -74,7 +74,7 @@ class EnhancingRules:
     max_elongation: float = 4.0     # vessels: ratio of principal-axis lengths
     max_tubularity: float = 1.0     # vessels: Hessian tubularity (1 - Frangi R_B) above this
     flair_grow_z: float = 0.0       # with a FLAIR: voxels at or below this FLAIR z never join a Gd+ lesion
-    min_flair_excess: float = 0.15  # with a FLAIR: upper-quartile excess over local NAWM at least this
+    min_flair_excess: float = 0.20  # with a FLAIR: upper-quartile excess over local NAWM at least this
     min_t2_excess: float = 0.20     # with a T2w: the same on T2w
     max_t1_excess: float = 0.10     # pre-contrast T1w median excess over local NAWM at most this
     min_wm_prior: float = 0.5       # with template priors: mean WM prior at least this
