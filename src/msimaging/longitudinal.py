@@ -34,8 +34,8 @@ transforms), so the decision never rests on two independent segmentations alone:
    joint volume there is below ``new_reference_fraction`` of F's and the subtraction shows it;
    **enlarging** / **shrinking** by the DESIGN §4 volume rule applied to the joint volumes (and, for enlarging, a volume of
    significant subtraction signal - hysteresis ``subtraction_z`` / ``subtraction_low_z`` on
-   ``d`` - of at least ``growth_evidence_mm3`` and at least ``growth_evidence_fraction`` of the
-   growth), or (``growth_from_evidence``) for a lesion that existed at R when the volume of
+   ``d``, or with pooled evidence regions whose pooled ``d`` reaches ``measured_growth_z`` - of at
+   least ``growth_evidence_mm3`` and at least ``growth_evidence_fraction`` of the growth), or (``growth_from_evidence``) for a lesion that existed at R when the volume of
    significant increase alone meets the volume rule and the net increase summed around the lesion
    (:func:`net_increase`, unchanged by blur and shifts) holds ``net_growth_fraction`` of it; else
    **stable**. Candidates outside the segmented lesions are kept only when new or enlarging.
@@ -109,6 +109,7 @@ class ChangeRules:
     match_blur_max_vox: float = 1.0
     net_growth_mm: float = 3.0
     net_growth_fraction: float = 0.1
+    measured_growth_z: float = 4.0
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ChangeRules":
@@ -431,7 +432,8 @@ def pooled_evidence(values: np.ndarray, maps: PairMaps) -> float:
 
 
 def pooled_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
-                      lesion_rules: LesionRules = LesionRules()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      lesion_rules: LesionRules = LesionRules(), growth_z: float | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Change candidates decided on evidence pooled over their extent.
 
     Regions (26-connected) of voxels with a FLAIR increase above ``evidence_low_z`` (jitter-robust
@@ -444,7 +446,8 @@ def pooled_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
     :func:`classify_lesions` still decides whether the reference had a lesion there). A faint lesion of
     many weak voxels passes; an isolated noisy voxel does not.
 
-    Returns (candidate labels, new-evidence voxels, growth-evidence voxels).
+    Returns (candidate labels, new-evidence voxels, growth-evidence voxels); ``growth_z``, when
+    given, replaces ``pooled_growth_z`` as the growth-evidence threshold.
     """
     hyper = maps.zf > rules.hyperintensity_z
     if rules.local_hyperintensity_z > 0:
@@ -468,7 +471,7 @@ def pooled_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
         z_grow = pooled_evidence(maps.d[box][comp], maps)
         if z_new >= rules.pooled_z or (rules.new_plain_z > 0 and z_grow >= rules.new_plain_z):
             new_ev[box] |= comp
-        if z_grow >= max(rules.pooled_growth_z, rules.pooled_z):
+        if z_grow >= (max(rules.pooled_growth_z, rules.pooled_z) if growth_z is None else growth_z):
             grow_ev[box] |= comp
     return label_lesions(new_ev | grow_ev, affine, lesion_rules), new_ev, grow_ev
 
@@ -545,10 +548,15 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
     labels = np.asarray(fu_labels, dtype=np.int32).copy()
     if rules.pooled_z > 0:
         candidates, new_evidence, significant = pooled_candidates(maps, affine, rules, lesion_rules)
+        measured = significant
+        if 0 < rules.measured_growth_z < rules.pooled_growth_z:
+            # growth the joint volumes measure needs less evidence than growth inferred from it
+            measured = pooled_candidates(maps, affine, rules, lesion_rules, rules.measured_growth_z)[2]
     else:
         candidates = change_candidates(maps, affine, rules, lesion_rules)
         significant = significant_increase(maps, rules)
         new_evidence = maps.dz > rules.subtraction_z
+        measured = significant
     n_seg = int(labels.max())
     segmented_any = _dilate(labels > 0, 1)
     next_id = n_seg + 1
@@ -608,6 +616,7 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
         v_f = float(lesion_fraction(zf[region], rules.fraction_floor_z, peak).sum() * vox)
         v_r = float(lesion_fraction(zr[region], rules.fraction_floor_z, peak).sum() * vox)
         change = float((significant[box] & region).sum() * vox)
+        measured_change = float((measured[box] & region).sum() * vox)
         new_change = float((new_evidence[box] & own).sum() * vox)
         volume = float(own.sum() * vox)
         ref_vol = float(sum(ref_volumes_mm3.get(r, 0.0) for r in reference_ids))
@@ -628,8 +637,8 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
         if not reference_ids and not joint_reference and v_r <= rules.new_reference_fraction * v_f \
                 and new_change > 0:
             status = "new"
-        elif is_enlarged(v_f, v_r, rules) and change >= max(rules.growth_evidence_mm3,
-                                                               rules.growth_evidence_fraction * (v_f - v_r)):
+        elif is_enlarged(v_f, v_r, rules) and measured_change >= max(rules.growth_evidence_mm3,
+                                                                        rules.growth_evidence_fraction * (v_f - v_r)):
             status = "enlarging"
         elif rules.pooled_z > 0 and rules.growth_from_evidence and existed.any() and v_f > v_r and \
                 is_enlarged(v_r + change, v_r, rules) and change >= rules.growth_evidence_mm3 and \
