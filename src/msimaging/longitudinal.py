@@ -106,7 +106,7 @@ class ChangeRules:
     growth_from_evidence: bool = True
     local_hyperintensity_z: float = 0.0
     local_level_mm: float = 4.0
-    match_blur_max_vox: float = 1.0
+    match_blur_max_vox: float = 0.5
     net_growth_mm: float = 3.0
     net_growth_fraction: float = 0.1
     measured_growth_z: float = 4.0
@@ -359,7 +359,9 @@ def pair_maps(fu: Visit, ref: Visit, fu_to_ref: sitk.Transform, rules: ChangeRul
         # as for the BSI (:func:`msimaging.atrophy.match_blur`), else lesions read as shrinking
         from msimaging.atrophy import match_blur
 
-        zr, zf, info = match_blur(zr, zf, mask, rules.match_blur_max_vox)
+        # measured away from the lesions of either visit (their change is no blur)
+        lesions_near = ndi.binary_dilation((fu.labels > 0) | (ref_labels > 0), iterations=2)
+        zr, zf, info = match_blur(zr, zf, mask & ~lesions_near, rules.match_blur_max_vox)
         blur = float(info["blur_sigma_vox"])
     if rules.smoothing_mm > 0:
         sig = [rules.smoothing_mm / z for z in zooms]
