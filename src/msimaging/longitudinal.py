@@ -10,7 +10,9 @@ transforms), so the decision never rests on two independent segmentations alone:
    field (the differential bias left by N4 and scanner drift) is estimated from the log-ratio
    of normal tissue and removed. Both are expressed in robust z-units of F's parenchyma
    (:func:`lesions.robust_mode_sigma`) and smoothed alike: F also gets the average blur that
-   linear interpolation gave R, so lesion volumes compare at the same sharpness.
+   linear interpolation gave R, then the sharper of the two is blurred in-plane to the other's
+   edge sharpness (``match_blur_max_vox``, as for the BSI), so lesion volumes compare at the same
+   sharpness.
 2. **Subtraction.** ``dz = (zF - max_N zR) / s``: F minus the *largest* R value within
    ``jitter_mm`` (registration jitter and partial-volume shifts cannot make a voxel look new), in
    units ``s`` of the subtraction noise (local, over ``local_noise_mm``, never below the global
@@ -32,9 +34,11 @@ transforms), so the decision never rests on two independent segmentations alone:
    joint volume there is below ``new_reference_fraction`` of F's and the subtraction shows it;
    **enlarging** / **shrinking** by the DESIGN §4 volume rule applied to the joint volumes (and, for enlarging, a volume of
    significant subtraction signal - hysteresis ``subtraction_z`` / ``subtraction_low_z`` on
-   ``d`` - of at least ``growth_evidence_mm3`` and at least ``growth_evidence_fraction`` of the
-   growth); else **stable**. Candidates outside the segmented lesions are kept only when new or
-   enlarging.
+   ``d``, or with pooled evidence regions whose pooled ``d`` reaches ``measured_growth_z`` - of at
+   least ``growth_evidence_mm3`` and at least ``growth_evidence_fraction`` of the growth), or (``growth_from_evidence``) for a lesion that existed at R when the volume of
+   significant increase alone meets the volume rule and the net increase summed around the lesion
+   (:func:`net_increase`, unchanged by blur and shifts) holds ``net_growth_fraction`` of it; else
+   **stable**. Candidates outside the segmented lesions are kept only when new or enlarging.
 
 The reference lesions overlapped (R's labels carried onto F, dilated by
 ``dilate_reference_voxels``) are reported as ``reference_ids`` for the lesion table.
@@ -59,7 +63,7 @@ from msimaging.geometry import (
     voxel_volume_mm3,
 )
 from msimaging.lesions import CONNECTIVITY, LesionRules, label_lesions, robust_mode_sigma
-from msimaging.morphology import ball
+from msimaging.morphology import ball, dilate_mm
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +98,18 @@ class ChangeRules:
     local_noise_mm: float = 6.0
     # pooled evidence (0 disables: the per-voxel hysteresis above decides alone)
     pooled_z: float = 3.5
-    pooled_growth_z: float = 5.5
+    pooled_growth_z: float = 5.0
     evidence_low_z: float = 2.0
     evidence_peak_z: float = 2.5
     evidence_min_voxels: int = 6
     new_plain_z: float = 0.0
-    growth_from_evidence: bool = False
+    growth_from_evidence: bool = True
     local_hyperintensity_z: float = 0.0
     local_level_mm: float = 4.0
+    match_blur_max_vox: float = 0.5
+    net_growth_mm: float = 3.0
+    net_growth_fraction: float = 0.1
+    measured_growth_z: float = 4.0
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ChangeRules":
@@ -142,13 +150,15 @@ class LesionChange:
     change_mm3: float = 0.0         # volume of significant FLAIR increase (subtraction) in the lesion
     segmented: bool = True
     voxels: tuple[int, ...] = ()    # flat (C-order) indices on the follow-up grid, unsegmented lesions
+    net_change_mm3: float = 0.0     # net increase around the lesion (:func:`net_increase`; growth rule)
+    net_change_z: float = 0.0       # ... its pooled significance
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["reference_ids"] = list(self.reference_ids)
         d["voxels"] = list(self.voxels)
         for k in ("volume_mm3", "reference_volume_mm3", "joint_volume_mm3", "joint_reference_volume_mm3",
-                  "change_mm3"):
+                  "change_mm3", "net_change_mm3", "net_change_z"):
             d[k] = round(float(d[k]), 3)
         return d
 
@@ -342,6 +352,17 @@ def pair_maps(fu: Visit, ref: Visit, fu_to_ref: sitk.Transform, rules: ChangeRul
     zooms = voxel_sizes(fu.affine)
     if rules.match_interpolation_blur:
         zf = ndi.gaussian_filter(zf, [np.sqrt(1.0 / 6.0)] * 3).astype(np.float32)
+    blur = 0.0
+    if rules.match_blur_max_vox > 0:
+        # what is left of the blur difference (another reconstruction, or a follow-up that was
+        # itself interpolated): the sharper visit is blurred in-plane to the other's edge sharpness,
+        # as for the BSI (:func:`msimaging.atrophy.match_blur`), else lesions read as shrinking
+        from msimaging.atrophy import match_blur
+
+        # measured away from the lesions of either visit (their change is no blur)
+        lesions_near = ndi.binary_dilation((fu.labels > 0) | (ref_labels > 0), iterations=2)
+        zr, zf, info = match_blur(zr, zf, mask & ~lesions_near, rules.match_blur_max_vox)
+        blur = float(info["blur_sigma_vox"])
     if rules.smoothing_mm > 0:
         sig = [rules.smoothing_mm / z for z in zooms]
         zf = ndi.gaussian_filter(zf, sig).astype(np.float32)
@@ -361,10 +382,11 @@ def pair_maps(fu: Visit, ref: Visit, fu_to_ref: sitk.Transform, rules: ChangeRul
     inner = erode_mm(mask, rules.edge_mm, fu.affine, border_value=False) if rules.edge_mm > 0 else mask
     normal = inner & (fu.labels == 0) & (ref_labels == 0) & (np.abs(zf) < 2.5) & (np.abs(zr) < 2.5)
     correlation = noise_correlation(d, normal) if rules.pooled_z > 0 else ((1.0, 1.0),)
-    log.info("pair: %d voxels analysed, subtraction noise %.3f z, correlation %s", int(mask.sum()), sigma_d,
-             [(int(n), round(c, 1)) for n, c in correlation])
+    log.info("pair: %d voxels analysed, subtraction noise %.3f z, blur matched %.2f voxel, correlation %s",
+             int(mask.sum()), sigma_d, blur, [(int(n), round(c, 1)) for n, c in correlation])
     return PairMaps(zf=zf, zr=zr, dz=dz, d=d, mask=mask, inner=inner, ref_labels=ref_labels.astype(np.int32),
-                    sigma_d=sigma_d, extras={"parenchyma_mode": float(mode), "parenchyma_sigma": float(sigma)},
+                    sigma_d=sigma_d, extras={"parenchyma_mode": float(mode), "parenchyma_sigma": float(sigma),
+                                             "blur_sigma_vox": blur},
                     correlation=correlation)
 
 
@@ -412,7 +434,8 @@ def pooled_evidence(values: np.ndarray, maps: PairMaps) -> float:
 
 
 def pooled_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
-                      lesion_rules: LesionRules = LesionRules()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      lesion_rules: LesionRules = LesionRules(), growth_z: float | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Change candidates decided on evidence pooled over their extent.
 
     Regions (26-connected) of voxels with a FLAIR increase above ``evidence_low_z`` (jitter-robust
@@ -425,7 +448,8 @@ def pooled_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
     :func:`classify_lesions` still decides whether the reference had a lesion there). A faint lesion of
     many weak voxels passes; an isolated noisy voxel does not.
 
-    Returns (candidate labels, new-evidence voxels, growth-evidence voxels).
+    Returns (candidate labels, new-evidence voxels, growth-evidence voxels); ``growth_z``, when
+    given, replaces ``pooled_growth_z`` as the growth-evidence threshold.
     """
     hyper = maps.zf > rules.hyperintensity_z
     if rules.local_hyperintensity_z > 0:
@@ -449,7 +473,7 @@ def pooled_candidates(maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
         z_grow = pooled_evidence(maps.d[box][comp], maps)
         if z_new >= rules.pooled_z or (rules.new_plain_z > 0 and z_grow >= rules.new_plain_z):
             new_ev[box] |= comp
-        if z_grow >= max(rules.pooled_growth_z, rules.pooled_z):
+        if z_grow >= (max(rules.pooled_growth_z, rules.pooled_z) if growth_z is None else growth_z):
             grow_ev[box] |= comp
     return label_lesions(new_ev | grow_ev, affine, lesion_rules), new_ev, grow_ev
 
@@ -490,6 +514,24 @@ def lesion_fraction(z: np.ndarray, floor_z: float, peak_z: float) -> np.ndarray:
     return np.maximum((z - floor_z) / max(peak_z - floor_z, 1e-3), 0.0)
 
 
+def net_increase(maps: PairMaps, box: tuple[slice, ...], region: np.ndarray, floor_z: float, peak_z: float,
+                 voxel_mm3: float) -> tuple[float, float]:
+    """Net FLAIR increase over ``region`` (a boolean array on ``box``): (pooled significance, volume).
+
+    The sum of the plain subtraction over a neighbourhood enclosing the lesion at both visits does
+    not change when one visit is blurrier (blurring keeps integrals) or shifted within it (what
+    leaves one side arrives at the other); a lesion's growth adds to it. The significance is the
+    pooled evidence of ``d`` (:func:`pooled_evidence`); the volume is the increase of the unclipped
+    lesion fraction (:func:`lesion_fraction` without its floor clip) in mm^3.
+    """
+    if not region.any():
+        return 0.0, 0.0
+    z = pooled_evidence(maps.d[box][region], maps)
+    delta = float((maps.zf[box][region] - maps.zr[box][region]).sum(dtype=np.float64)
+                  / max(peak_z - floor_z, 1e-3) * voxel_mm3)
+    return z, delta
+
+
 def _dilate(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
     if iterations <= 0 or not mask.any():
         return mask
@@ -508,10 +550,15 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
     labels = np.asarray(fu_labels, dtype=np.int32).copy()
     if rules.pooled_z > 0:
         candidates, new_evidence, significant = pooled_candidates(maps, affine, rules, lesion_rules)
+        measured = significant
+        if 0 < rules.measured_growth_z < rules.pooled_growth_z:
+            # growth the joint volumes measure needs less evidence than growth inferred from it
+            measured = pooled_candidates(maps, affine, rules, lesion_rules, rules.measured_growth_z)[2]
     else:
         candidates = change_candidates(maps, affine, rules, lesion_rules)
         significant = significant_increase(maps, rules)
         new_evidence = maps.dz > rules.subtraction_z
+        measured = significant
     n_seg = int(labels.max())
     segmented_any = _dilate(labels > 0, 1)
     next_id = n_seg + 1
@@ -545,11 +592,11 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
             dilated_ref = np.where(dilated_ref > 0, dilated_ref, grown)
     boxes = ndi.find_objects(labels)
     changes: list[LesionChange] = []
-    pad = 3
+    pad = np.maximum(3, np.ceil(rules.net_growth_mm / voxel_sizes(affine)).astype(int) + 1)
     for lid, box in enumerate(boxes, start=1):
         if box is None:
             continue
-        box = tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in zip(box, labels.shape))
+        box = tuple(slice(max(0, s.start - p), min(n, s.stop + p)) for s, n, p in zip(box, labels.shape, pad))
         lab = labels[box]
         own = lab == lid
         overlapped = np.unique(dilated_ref[box][own])
@@ -571,36 +618,52 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
         v_f = float(lesion_fraction(zf[region], rules.fraction_floor_z, peak).sum() * vox)
         v_r = float(lesion_fraction(zr[region], rules.fraction_floor_z, peak).sum() * vox)
         change = float((significant[box] & region).sum() * vox)
+        measured_change = float((measured[box] & region).sum() * vox)
         new_change = float((new_evidence[box] & own).sum() * vox)
         volume = float(own.sum() * vox)
         ref_vol = float(sum(ref_volumes_mm3.get(r, 0.0) for r in reference_ids))
+        existed = ref_part
+        if segmented and not reference_ids:
+            # a lesion of R's joint map there (R's segmentation missed it) can have grown too
+            near = np.setdiff1d(np.unique(joint_r[box][_dilate(own, rules.dilate_reference_voxels)]), [0])
+            existed = np.isin(joint_r[box], near) if near.size else existed
+        net_z = net_mm3 = 0.0
+        if rules.growth_from_evidence and existed.any():
+            # the net increase around the lesion at both visits (other lesions left out): growth
+            # adds to it, a sharper or shifted visit's edge does not (:func:`net_increase`)
+            others = ((lab > 0) & ~own) | ((ref[box] > 0) & ~existed)
+            around = dilate_mm(own | existed, rules.net_growth_mm, affine) & maps.mask[box] & ~others
+            net_z, net_mm3 = net_increase(maps, box, around, rules.fraction_floor_z, peak, vox)
         # DESIGN §4: a lesion overlapping a reference lesion is never new; one overlapping none is
         # new only when the joint volumes agree (else the reference segmentation missed it)
         if not reference_ids and not joint_reference and v_r <= rules.new_reference_fraction * v_f \
                 and new_change > 0:
             status = "new"
-        elif is_enlarged(v_f, v_r, rules) and change >= max(rules.growth_evidence_mm3,
-                                                               rules.growth_evidence_fraction * (v_f - v_r)):
+        elif is_enlarged(v_f, v_r, rules) and measured_change >= max(rules.growth_evidence_mm3,
+                                                                        rules.growth_evidence_fraction * (v_f - v_r)):
             status = "enlarging"
-        elif rules.pooled_z > 0 and rules.growth_from_evidence and reference_ids and v_f > v_r and \
-                is_enlarged(v_r + change, v_r, rules) and change >= rules.growth_evidence_mm3:
+        elif rules.pooled_z > 0 and rules.growth_from_evidence and existed.any() and v_f > v_r and \
+                is_enlarged(v_r + change, v_r, rules) and change >= rules.growth_evidence_mm3 and \
+                net_mm3 >= rules.net_growth_fraction * change:
             # pooled evidence: the significant increase at the lesion is itself a growth that meets
-            # the DESIGN §4 rule (a faint rim the joint volumes only partly see)
+            # the DESIGN §4 rule (a faint rim the joint volumes only partly see), and the net
+            # increase around the lesion holds a share of it (a sharper edge at one visit gives
+            # increase on one side of the edge, decrease on the other, and no net increase)
             status = "enlarging"
         elif is_enlarged(v_r, v_f, rules):
             status = "shrinking"
         else:
             status = "stable"
         if not segmented and status not in ("new", "enlarging"):
-            log.debug("candidate %d dropped (%s): %.0f mm3, joint %.1f vs %.1f mm3, increase %.0f mm3",
-                      lid, status, volume, v_f, v_r, change)
+            log.debug("candidate %d dropped (%s): %.0f mm3, joint %.1f vs %.1f mm3, increase %.0f mm3, "
+                      "net %.1f mm3 (z %.1f)", lid, status, volume, v_f, v_r, change, net_mm3, net_z)
             labels[labels == lid] = 0     # a subtraction candidate that is not new is not a lesion
             continue
         voxels: tuple[int, ...] = ()
         if not segmented:
             voxels = tuple(int(i) for i in np.flatnonzero(labels == lid))
         changes.append(LesionChange(lid, status, volume, reference_ids, ref_vol, v_f, v_r, change,
-                                    segmented, voxels))
+                                    segmented, voxels, net_mm3, net_z))
     return changes, labels
 
 

@@ -41,13 +41,20 @@ def test_no_change_pairs_have_no_new_lesion_and_few_false_changes(figures):
 def test_implanted_new_lesions_are_found_at_the_measured_rate(figures):
     # measured 2026-12: see the bench's report; targets 0.80 (>= 30 mm^3) and 0.60 (10-30 mm^3)
     assert figures["new_recall_30_500mm3"] >= FLOOR_NEW_30
-    assert figures["false_new_or_enlarging_per_implanted_pair"] <= 2.0
+    assert figures["new_recall_10_30mm3"] >= FLOOR_NEW_10
+    assert figures["false_new_or_enlarging_per_implanted_pair"] <= 1.5   # measured 1.0
+
+
+def test_implanted_growth_is_found_at_the_measured_rate(figures):
+    # measured 0.75 (9/12) with enlarging from pooled growth evidence and blur matching (was 0/12);
+    # target 0.70
+    assert figures["enlarging_recall"] >= FLOOR_ENLARGING
 
 
 def test_sub_p12_lesion_wise_f1_does_not_fall(figures):
     assert figures["p12_brightening_components"] == 25
-    assert figures["p12_f1"] >= 0.30          # measured 0.33 (target 0.50)
-    assert figures["p12_precision"] >= 0.5    # measured 0.55
+    assert figures["p12_f1"] >= 0.32          # measured 0.364 (target 0.50)
+    assert figures["p12_precision"] >= 0.70   # measured 0.75
 
 
 def test_real_no_change_pbvc(shared_data):
@@ -57,4 +64,6 @@ def test_real_no_change_pbvc(shared_data):
     assert fig["max_abs_no_change_pbvc"] <= 0.10, fig
 
 
-FLOOR_NEW_30 = 0.25   # measured 0.29 (4/14)
+FLOOR_NEW_30 = 0.31   # measured 0.36 (5/14)
+FLOOR_NEW_10 = 0.15   # measured 0.20 (1/5)
+FLOOR_ENLARGING = 0.70   # measured 0.75 (9/12)
