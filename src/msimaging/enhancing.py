@@ -163,7 +163,7 @@ def tubularity(z: np.ndarray, affine: np.ndarray, box: tuple[slice, ...], comp: 
     return best
 
 
-def candidate_evidence(labels: np.ndarray, z: np.ndarray, affine: np.ndarray, brain: np.ndarray,
+def candidate_evidence(labels: np.ndarray, z: np.ndarray, affine: np.ndarray,
                        images: Mapping[str, np.ndarray], nawm: Mapping[str, np.ndarray],
                        near_csf: np.ndarray, t2_lesions: np.ndarray | None, wm_prior: np.ndarray | None,
                        t2_probability: np.ndarray | None = None, mirrored: np.ndarray | None = None
@@ -229,25 +229,7 @@ class Detection:
 
     labels: np.ndarray                       # int32 Gd+ lesions (0 background)
     candidates: list[dict[str, Any]]         # evidence, decision and reason per candidate
-    candidate_labels: np.ndarray | None = None  # int32 candidates (ids of ``candidates``)
-
-
-def detect_enhancing(
-    ce: np.ndarray,
-    t1: np.ndarray,
-    affine: np.ndarray,
-    brain: np.ndarray,
-    rules: EnhancingRules = EnhancingRules(),
-    lesion_rules: LesionRules = LesionRules(),
-    t2_lesions: np.ndarray | None = None,
-    flair: np.ndarray | None = None,
-    t2w: np.ndarray | None = None,
-    wm_prior: np.ndarray | None = None,
-    t2_probability: np.ndarray | None = None,
-) -> np.ndarray:
-    """Labelled Gd+ lesions (int32, 0 background) on the grid of ``ce`` (see the module docstring)."""
-    return detect(ce, t1, affine, brain, rules, lesion_rules, t2_lesions, flair, t2w, wm_prior,
-                  t2_probability).labels
+    candidate_labels: np.ndarray             # int32 candidates (ids of ``candidates``)
 
 
 def detect(
@@ -264,7 +246,8 @@ def detect(
     t2_probability: np.ndarray | None = None,
     mirror: Any = None,
 ) -> Detection:
-    """:func:`detect_enhancing` with every candidate's evidence and decision.
+    """Gd+ lesions on the grid of ``ce`` (see the module docstring), with every candidate's
+    evidence and decision.
 
     ``wm_prior``: the template's WM probability on the session grid (None: no location rule; it
     also weights the local NAWM references, else the brain does). ``t2_probability``: the
@@ -291,7 +274,8 @@ def detect(
         # a lesion: this keeps lesions from merging with vessel / choroid clusters
         seeds &= fz > rules.flair_grow_z
         grow &= fz > rules.flair_grow_z
-    empty = Detection(np.zeros(brain.shape, dtype=np.int32), [])
+    none = np.zeros(brain.shape, dtype=np.int32)
+    empty = Detection(none, [], none)
     region, n = ndi.label(grow | seeds, structure=CONNECTIVITY)
     if n == 0:
         return empty
@@ -322,7 +306,7 @@ def detect(
         mirrored = resample_array((labels > 0).astype(np.float32), affine, grid, mirror) >= 0.5
         if rules.mirror_margin_mm > 0:
             mirrored = dilate_mm(mirrored, rules.mirror_margin_mm, affine)
-    evidence = candidate_evidence(labels, z, affine, brain, images, nawm, near_csf, t2_lesions, wm_prior,
+    evidence = candidate_evidence(labels, z, affine, images, nawm, near_csf, t2_lesions, wm_prior,
                                   t2_probability, mirrored)
     lut = np.zeros(len(evidence) + 1, dtype=bool)
     candidates: list[dict[str, Any]] = []

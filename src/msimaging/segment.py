@@ -687,6 +687,23 @@ def hyper_contrast(images: Mapping[str, np.ndarray]) -> str:
     raise ValueError(f"lesion segmentation needs FLAIR or T2w, got {sorted(images)}")
 
 
+def model_inputs(images: Mapping[str, np.ndarray]) -> tuple[str, dict[str, np.ndarray]]:
+    """The hyperintense contrast and the contrasts the segmentation uses (float32, hyper first)."""
+    hyper = hyper_contrast(images)
+    used = {hyper: np.asarray(images[hyper], dtype=np.float32)}
+    used.update({c: np.asarray(images[c], dtype=np.float32) for c in MODEL_CONTRASTS
+                 if c in images and c != hyper})
+    return hyper, used
+
+
+def smoothed_priors(priors: TissuePriors, affine: np.ndarray, options: SegmentOptions) -> TissuePriors:
+    """The tissue priors smoothed by ``options.prior_smoothing_mm`` (unchanged when 0)."""
+    if options.prior_smoothing_mm <= 0:
+        return priors
+    return replace(priors, **{k: smooth_mm(getattr(priors, k), affine, options.prior_smoothing_mm)
+                              for k in CLASSES})
+
+
 def voxel_lesion_probability(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray,
                              priors: TissuePriors, options: SegmentOptions = SegmentOptions()) -> np.ndarray | None:
     """The learned voxel stage's lesion probability (0.5 at its threshold), before any component
@@ -698,16 +715,11 @@ def voxel_lesion_probability(images: Mapping[str, np.ndarray], affine: np.ndarra
     from msimaging.lesion_model import bundled_models, model_for
 
     brain = np.asarray(brain) > 0
-    hyper = hyper_contrast(images)
-    used = {hyper: np.asarray(images[hyper], dtype=np.float32)}
-    used.update({c: np.asarray(images[c], dtype=np.float32) for c in MODEL_CONTRASTS
-                 if c in images and c != hyper})
+    hyper, used = model_inputs(images)
     model = model_for(tuple(used), bundled_models())
     if model is None:
         return None
-    if options.prior_smoothing_mm > 0:
-        priors = replace(priors, **{k: smooth_mm(getattr(priors, k), affine, options.prior_smoothing_mm)
-                                    for k in CLASSES})
+    priors = smoothed_priors(priors, affine, options)
     ev = tissue_evidence(used, affine, brain, priors, options, hyper=hyper)
     prob, _ = model_probability(used, affine, brain, ev, priors, model)
     return prob
@@ -723,13 +735,8 @@ def segment_lesions(images: Mapping[str, np.ndarray], affine: np.ndarray, brain:
     ``label_lesions(prob >= options.threshold)``.
     """
     brain = np.asarray(brain) > 0
-    hyper = hyper_contrast(images)
-    used = {hyper: np.asarray(images[hyper], dtype=np.float32)}
-    used.update({c: np.asarray(images[c], dtype=np.float32) for c in MODEL_CONTRASTS
-                 if c in images and c != hyper})
-    if options.prior_smoothing_mm > 0:
-        priors = replace(priors, **{k: smooth_mm(getattr(priors, k), affine, options.prior_smoothing_mm)
-                                    for k in CLASSES})
+    hyper, used = model_inputs(images)
+    priors = smoothed_priors(priors, affine, options)
     ev = tissue_evidence(used, affine, brain, priors, options, hyper=hyper)
     model = None
     if options.method == "model" and priors.from_template:  # the model's features include the priors

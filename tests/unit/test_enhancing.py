@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from msimaging.enhancing import EnhancingRules, detect_enhancing, elongation
+from msimaging.enhancing import EnhancingRules, detect, elongation
 from msimaging.lesions import LesionRules
 from tests.conftest import oblique_affine
 
@@ -48,8 +48,8 @@ def _head(rng):
 def test_detects_enhancing_lesion_and_rejects_mimics():
     rng = np.random.default_rng(3)
     t1, ce, flair, brain, truth, t2les = _head(rng)
-    labels = detect_enhancing(ce, t1, AFFINE, brain, EnhancingRules(), LesionRules(), flair=flair,
-                              t2_lesions=truth | t2les)
+    labels = detect(ce, t1, AFFINE, brain, EnhancingRules(), LesionRules(), flair=flair,
+                    t2_lesions=truth | t2les).labels
     assert labels.max() == 1
     found = labels > 0
     assert found[truth].mean() > 0.7                          # the lesion, most of it
@@ -59,7 +59,7 @@ def test_detects_enhancing_lesion_and_rejects_mimics():
 def test_without_flair_the_shape_and_csf_rules_reject_mimics():
     rng = np.random.default_rng(4)
     t1, ce, _, brain, truth, _ = _head(rng)
-    labels = detect_enhancing(ce, t1, AFFINE, brain, EnhancingRules(), LesionRules())
+    labels = detect(ce, t1, AFFINE, brain, EnhancingRules(), LesionRules()).labels
     assert labels.max() == 1 and (labels > 0)[truth].any()
 
 

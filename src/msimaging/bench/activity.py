@@ -184,7 +184,7 @@ def _gd_case(s, rules: LesionRules, cfg: dict, visit=None) -> Detection:
     ``visit`` is the session's prepared :class:`Visit` when already made (its FLAIR and lesions
     are re-used rather than computed again)."""
     from msimaging import io
-    from msimaging.enhancing import EnhancingRules, detect_enhancing
+    from msimaging.enhancing import EnhancingRules, detect
     from msimaging.geometry import read_transform
     from msimaging.preprocess import n4_bias_correct, standardise
 
@@ -204,8 +204,8 @@ def _gd_case(s, rules: LesionRules, cfg: dict, visit=None) -> Detection:
     else:
         prepared = prepare_flair(flair, affine, brain)
         lesions = segment_visit(prepared, affine, brain, rules) > 0
-    labels = detect_enhancing(on_ref["ceT1w"], on_ref["T1w"], affine, brain, EnhancingRules.from_config(cfg),
-                              rules, t2_lesions=lesions, flair=prepared if s.reference == "FLAIR" else None)
+    labels = detect(on_ref["ceT1w"], on_ref["T1w"], affine, brain, EnhancingRules.from_config(cfg),
+                    rules, t2_lesions=lesions, flair=prepared if s.reference == "FLAIR" else None).labels
     truth, _ = io.read_mask(str(s.truth["enhancing_mask"]))
     return score(labels > 0, truth, affine, rules)
 

@@ -58,12 +58,6 @@ def _false(pred_labels: np.ndarray, truth: np.ndarray, expert_near: np.ndarray) 
     return false, inside
 
 
-def _label(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    from msimaging.lesions import label_lesions
-
-    return label_lesions(np.asarray(mask, bool), affine)
-
-
 def real_gd_figures(shared: Path, work: Path, cfg: dict[str, Any] | None = None,
                     seeds: tuple[int, ...] = SEEDS, cores: int = 2) -> dict[str, Any]:
     """Gd+ figures on sub-p07 and on implanted cases built from it (see the module docstring)."""
@@ -97,7 +91,7 @@ def real_gd_figures(shared: Path, work: Path, cfg: dict[str, Any] | None = None,
 
     figures: dict[str, Any] = {}
     real, secs = run_case(sess.images)
-    naive_real = _label(real.candidate_labels if real.candidate_labels is not None else real.labels, sess.affine)
+    naive_real = real.candidate_labels
     figures["gd_real_count"] = int(real.labels.max())
     figures["gd_real_outside_t2"] = _false(real.labels, np.zeros_like(real.labels), expert_near)[0]
     figures["gd_real_naive_count"] = int(naive_real.max())
@@ -125,7 +119,7 @@ def real_gd_figures(shared: Path, work: Path, cfg: dict[str, Any] | None = None,
         case = implant_enhancing(sess.images, sess.affine, sess.brain, wm, admissible, placed.mask, placed.affine,
                                  bundled_profile(), seed, nawm=nawm)
         found, _ = run_case(case.images)
-        naive = _label(found.candidate_labels if found.candidate_labels is not None else found.labels, sess.affine)
+        naive = found.candidate_labels
         for les, hit, naive_hit in zip(case.lesions, _found(found.labels, case.truth, case.lesions),
                                        _found(naive, case.truth, case.lesions)):
             rows.append({**les, "seed": seed, "found": hit, "naive_found": naive_hit})
