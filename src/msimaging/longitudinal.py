@@ -594,10 +594,16 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
     labels = np.asarray(fu_labels, dtype=np.int32).copy()
     if rules.pooled_z > 0:
         candidates, new_evidence, significant = pooled_candidates(maps, affine, rules, lesion_rules)
+        growth_rules = rules
+        if rules.local_hyperintensity_z > 0:
+            # the local gate is for faint new lesions in dark white matter; growth keeps the global one
+            growth_rules = replace(rules, local_hyperintensity_z=0.0)
+            significant = pooled_candidates(maps, affine, growth_rules, lesion_rules)[2]
+            candidates = label_lesions(new_evidence | significant, affine, lesion_rules)
         measured = significant
         if 0 < rules.measured_growth_z < rules.pooled_growth_z:
             # growth the joint volumes measure needs less evidence than growth inferred from it
-            measured = pooled_candidates(maps, affine, rules, lesion_rules, rules.measured_growth_z)[2]
+            measured = pooled_candidates(maps, affine, growth_rules, lesion_rules, rules.measured_growth_z)[2]
     else:
         candidates = change_candidates(maps, affine, rules, lesion_rules)
         significant = significant_increase(maps, rules)
