@@ -9,6 +9,8 @@ def visit(key):
     files = {"flair": smk.input[key], "brain": smk.input[f"{key}_brain"], "dseg": smk.input[f"{key}_dseg"]}
     if f"{key}_xfm" in smk.input.keys():
         files["xfm"] = smk.input[f"{key}_xfm"]
+    if f"{key}_t2" in smk.input.keys():
+        files["t2"] = smk.input[f"{key}_t2"]
     return files
 
 

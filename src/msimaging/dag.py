@@ -178,7 +178,8 @@ class Plan:
         return inputs
 
     def compare_inputs(self, wc: Any) -> dict[str, str]:
-        """A follow-up, the baseline and the previous visit: FLAIR, brain, lesions, transforms."""
+        """A follow-up, the baseline and the previous visit: FLAIR, brain, lesions, transforms, and
+        the T2w on the FLAIR grid of each visit that has one besides its reference (confirmation)."""
         sub, ses = wc.subject, wc.session
         bl = self.baseline(sub)
         prev = self.previous(sub, ses) or bl
@@ -189,6 +190,8 @@ class Plan:
             inputs[f"{key}_dseg"] = L.lesion_dseg(sub, visit)
             if visit != bl:
                 inputs[f"{key}_xfm"] = L.baseline_xfm(sub, visit)
+            if "T2w" in self.session(sub, visit).contrasts and self.ref(sub, visit) != "T2w":
+                inputs[f"{key}_t2"] = self.preproc(sub, visit, "T2w")
         return inputs
 
     def measure_inputs(self, wc: Any) -> dict[str, str]:

@@ -13,10 +13,13 @@ transforms), so the decision never rests on two independent segmentations alone:
    linear interpolation gave R, then the sharper of the two is blurred in-plane to the other's
    edge sharpness (``match_blur_max_vox``, as for the BSI), so lesion volumes compare at the same
    sharpness.
-2. **Subtraction.** ``dz = (zF - max_N zR) / s``: F minus the *largest* R value within
-   ``jitter_mm`` (registration jitter and partial-volume shifts cannot make a voxel look new), in
-   units ``s`` of the subtraction noise (local, over ``local_noise_mm``, never below the global
-   robust value: misregistered CSF borders and thick-slice partial volume are noisier). Change
+2. **Subtraction.** ``dz = (zF - zR) / sqrt(s^2 + (shift |grad zR|)^2)``: the change in units
+   of the subtraction noise ``s`` (local, over ``local_noise_mm``, never below the global robust
+   value: misregistered CSF borders and thick-slice partial volume are noisier) and of the
+   difference a registration error of ``registration_shift_mm`` makes at R's edges
+   (:func:`new_lesion_significance`). A pair without T2w confirmation (below) keeps the former,
+   stricter rule ``dz = (zF - max_N zR) / s``: F minus the *largest* R value within ``jitter_mm``
+   (:func:`flair_only`). Change
    candidates are voxels with ``dz`` (a new lesion) or the plain subtraction ``d`` (a lesion's
    growth rim, within the jitter of the old lesion) above ``subtraction_z`` that are
    hyperintense on F (``zF`` above ``hyperintensity_z``), grown by hysteresis. A candidate
@@ -32,6 +35,9 @@ transforms), so the decision never rests on two independent segmentations alone:
    segmented lesions, and for a candidate outside F's segmented lesions also R's lesions of the
    joint maps, i.e. 26-connected voxels above ``joint_lesion_z`` of lesion size), R's
    joint volume there is below ``new_reference_fraction`` of F's and the subtraction shows it;
+   with a T2w at both visits, a lesion found new must also show a pooled T2w increase of
+   ``t2_confirm_z`` (:func:`confirmation_maps`: the T2w is an independent acquisition, which the
+   FLAIR pair's own unexplained increases do not brighten), else it is stable;
    **enlarging** / **shrinking** by the DESIGN §4 volume rule applied to the joint volumes (and, for enlarging, a volume of
    significant subtraction signal - hysteresis ``subtraction_z`` / ``subtraction_low_z`` on
    ``d``, or with pooled evidence regions whose pooled ``d`` reaches ``measured_growth_z`` - of at
@@ -47,7 +53,7 @@ The reference lesions overlapped (R's labels carried onto F, dilated by
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -104,12 +110,18 @@ class ChangeRules:
     evidence_min_voxels: int = 6
     new_plain_z: float = 0.0
     growth_from_evidence: bool = True
-    local_hyperintensity_z: float = 0.0
+    local_hyperintensity_z: float = 0.3
     local_level_mm: float = 4.0
     match_blur_max_vox: float = 0.5
     net_growth_mm: float = 3.0
     net_growth_fraction: float = 0.1
     measured_growth_z: float = 4.0
+    # new-lesion significance: the change over the local noise of both visits and the difference a
+    # misregistration of this many mm makes at R's edges (0: against R's maximum within jitter_mm)
+    registration_shift_mm: float = 0.3
+    # a new lesion is T2-hyperintense: with a T2w at both visits its pooled T2w increase over the
+    # lesion must reach this (0: FLAIR alone decides)
+    t2_confirm_z: float = 2.5
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ChangeRules":
@@ -126,12 +138,14 @@ class ChangeRules:
 
 @dataclass(frozen=True)
 class Visit:
-    """One visit's inputs on its own reference grid: standardised FLAIR, brain mask, lesion labels."""
+    """One visit's inputs on its own reference grid: standardised FLAIR, brain mask, lesion labels,
+    and the co-registered T2w on the same grid when the visit has one."""
 
     flair: np.ndarray
     affine: np.ndarray
     brain: np.ndarray
     labels: np.ndarray
+    t2: np.ndarray | None = None
 
     @property
     def grid(self) -> Grid:
@@ -152,13 +166,14 @@ class LesionChange:
     voxels: tuple[int, ...] = ()    # flat (C-order) indices on the follow-up grid, unsegmented lesions
     net_change_mm3: float = 0.0     # net increase around the lesion (:func:`net_increase`; growth rule)
     net_change_z: float = 0.0       # ... its pooled significance
+    t2_change_z: float = 0.0        # pooled T2w increase over the lesion (new-lesion confirmation)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["reference_ids"] = list(self.reference_ids)
         d["voxels"] = list(self.voxels)
         for k in ("volume_mm3", "reference_volume_mm3", "joint_volume_mm3", "joint_reference_volume_mm3",
-                  "change_mm3", "net_change_mm3", "net_change_z"):
+                  "change_mm3", "net_change_mm3", "net_change_z", "t2_change_z"):
             d[k] = round(float(d[k]), 3)
         return d
 
@@ -288,6 +303,34 @@ def local_noise(diff: np.ndarray, weight: np.ndarray, affine: np.ndarray, sigma_
     return np.maximum(local, global_sigma).astype(np.float32)
 
 
+def registration_noise(z: np.ndarray, affine: np.ndarray, shift_mm: float) -> np.ndarray:
+    """SD of the subtraction a registration error of ``shift_mm`` makes: ``shift x |grad z|``.
+
+    To first order a shift ``u`` changes an image by ``u . grad z``; the gradient (z-units per
+    mm, on the physical voxel spacing) is large at CSF borders, cortex and lesion edges and near
+    zero inside white matter, where a new lesion then keeps its full sensitivity.
+    """
+    grads = np.gradient(np.asarray(z, np.float32), *[float(v) for v in voxel_sizes(affine)])
+    return (float(shift_mm) * np.sqrt(sum(g * g for g in grads))).astype(np.float32)
+
+
+def new_lesion_significance(zf: np.ndarray, zr: np.ndarray, noise: np.ndarray | float, affine: np.ndarray,
+                            rules: ChangeRules) -> np.ndarray:
+    """Per-voxel significance of a FLAIR increase that no registration error explains.
+
+    With ``registration_shift_mm`` > 0: ``(zF - zR) / sqrt(noise^2 + (shift |grad zR|)^2)``, the
+    local subtraction noise of both visits plus the misregistration term of
+    :func:`registration_noise` (R's edges: a new lesion has none at R). Else the former rule:
+    ``(zF - max zR within jitter_mm) / noise`` (unbiased at edges, biased low everywhere by the
+    maximum of R's noise).
+    """
+    if rules.registration_shift_mm > 0:
+        reg = registration_noise(zr, affine, rules.registration_shift_mm)
+        return ((zf - zr) / np.sqrt(np.square(noise) + np.square(reg))).astype(np.float32)
+    zr_max = ndi.maximum_filter(zr, footprint=_footprint(rules.jitter_mm, affine), mode="nearest")
+    return ((zf - zr_max) / noise).astype(np.float32)
+
+
 #: Neighbourhoods (voxels per axis) on which the noise correlation of the subtraction is measured.
 CORRELATION_BOXES = ((1, 1, 1), (3, 3, 1), (5, 5, 1), (5, 5, 3), (9, 9, 3))
 
@@ -376,8 +419,7 @@ def pair_maps(fu: Visit, ref: Visit, fu_to_ref: sitk.Transform, rules: ChangeRul
     if rules.local_noise_mm > 0:
         noise = local_noise(d_raw, mask & (fu.labels == 0) & (ref_labels == 0), fu.affine, rules.local_noise_mm,
                             sigma_d)
-    zr_max = ndi.maximum_filter(zr, footprint=_footprint(rules.jitter_mm, fu.affine), mode="nearest")
-    dz = np.where(mask, (zf - zr_max) / noise, 0.0).astype(np.float32)
+    dz = np.where(mask, new_lesion_significance(zf, zr, noise, fu.affine, rules), 0.0).astype(np.float32)
     d = np.where(mask, d_raw / noise, 0.0).astype(np.float32)
     inner = erode_mm(mask, rules.edge_mm, fu.affine, border_value=False) if rules.edge_mm > 0 else mask
     normal = inner & (fu.labels == 0) & (ref_labels == 0) & (np.abs(zf) < 2.5) & (np.abs(zr) < 2.5)
@@ -540,9 +582,11 @@ def _dilate(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
 
 def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, rules: ChangeRules,
                      ref_volumes_mm3: dict[int, float], lesion_rules: LesionRules = LesionRules(),
-                     ) -> tuple[list[LesionChange], np.ndarray]:
+                     confirm: PairMaps | None = None) -> tuple[list[LesionChange], np.ndarray]:
     """Status of every follow-up lesion, plus lesions found by the subtraction alone.
 
+    ``confirm``, when given, is the T2w pair (:func:`confirmation_maps`): a lesion the FLAIR finds
+    new is new only when its pooled T2w increase reaches ``t2_confirm_z``, else it is stable.
     Returns the changes and the label image they refer to (the follow-up's labels, with the
     unsegmented candidate lesions added under ids above the follow-up's maximum).
     """
@@ -550,10 +594,16 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
     labels = np.asarray(fu_labels, dtype=np.int32).copy()
     if rules.pooled_z > 0:
         candidates, new_evidence, significant = pooled_candidates(maps, affine, rules, lesion_rules)
+        growth_rules = rules
+        if rules.local_hyperintensity_z > 0:
+            # the local gate is for faint new lesions in dark white matter; growth keeps the global one
+            growth_rules = replace(rules, local_hyperintensity_z=0.0)
+            significant = pooled_candidates(maps, affine, growth_rules, lesion_rules)[2]
+            candidates = label_lesions(new_evidence | significant, affine, lesion_rules)
         measured = significant
         if 0 < rules.measured_growth_z < rules.pooled_growth_z:
             # growth the joint volumes measure needs less evidence than growth inferred from it
-            measured = pooled_candidates(maps, affine, rules, lesion_rules, rules.measured_growth_z)[2]
+            measured = pooled_candidates(maps, affine, growth_rules, lesion_rules, rules.measured_growth_z)[2]
     else:
         candidates = change_candidates(maps, affine, rules, lesion_rules)
         significant = significant_increase(maps, rules)
@@ -636,9 +686,11 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
             net_z, net_mm3 = net_increase(maps, box, around, rules.fraction_floor_z, peak, vox)
         # DESIGN §4: a lesion overlapping a reference lesion is never new; one overlapping none is
         # new only when the joint volumes agree (else the reference segmentation missed it)
+        t2_z = pooled_evidence(confirm.dz[box][own], confirm) if confirm is not None else 0.0
         if not reference_ids and not joint_reference and v_r <= rules.new_reference_fraction * v_f \
                 and new_change > 0:
-            status = "new"
+            # not T2-hyperintense in the same way: the FLAIR change alone is no new lesion (nor growth)
+            status = "new" if confirm is None or t2_z >= rules.t2_confirm_z else "stable"
         elif is_enlarged(v_f, v_r, rules) and measured_change >= max(rules.growth_evidence_mm3,
                                                                         rules.growth_evidence_fraction * (v_f - v_r)):
             status = "enlarging"
@@ -663,7 +715,7 @@ def classify_lesions(fu_labels: np.ndarray, maps: PairMaps, affine: np.ndarray, 
         if not segmented:
             voxels = tuple(int(i) for i in np.flatnonzero(labels == lid))
         changes.append(LesionChange(lid, status, volume, reference_ids, ref_vol, v_f, v_r, change,
-                                    segmented, voxels, net_mm3, net_z))
+                                    segmented, voxels, net_mm3, net_z, t2_z))
     return changes, labels
 
 
@@ -672,9 +724,37 @@ def compare_visits(fu: Visit, ref: Visit, fu_to_ref: sitk.Transform, rules: Chan
     """Classify the follow-up's lesions against a reference visit (see the module docstring)."""
     from msimaging.lesions import lesion_stats
 
+    confirm = confirmation_maps(fu, ref, fu_to_ref, rules)
+    if confirm is None:
+        rules = flair_only(rules)
     maps = pair_maps(fu, ref, fu_to_ref, rules)
     ref_volumes = {s.lesion_id: s.volume_mm3 for s in lesion_stats(ref.labels, ref.affine)}
-    return classify_lesions(fu.labels, maps, fu.affine, rules, ref_volumes, lesion_rules)
+    return classify_lesions(fu.labels, maps, fu.affine, rules, ref_volumes, lesion_rules, confirm)
+
+
+def flair_only(rules: ChangeRules) -> ChangeRules:
+    """The rules for a pair without T2w confirmation: the former, stricter new-lesion evidence.
+
+    The unbiased significance (``registration_shift_mm``) and the local hyperintensity gate
+    (``local_hyperintensity_z``) find fainter lesions, and as many chance regions of the FLAIR
+    pair: only an independent contrast confirming each new lesion pays for them (on a synthetic
+    unchanged FLAIR-only pair the unbiased significance alone gave a false new lesion).
+    """
+    return replace(rules, registration_shift_mm=0.0, local_hyperintensity_z=0.0)
+
+
+def confirmation_maps(fu: Visit, ref: Visit, fu_to_ref: sitk.Transform, rules: ChangeRules) -> PairMaps | None:
+    """The T2w pair's maps (the FLAIR pair's operators on the visits' T2w), or None when either
+    visit lacks a T2w or ``t2_confirm_z`` is 0.
+
+    The T2w is an independent acquisition: a new lesion brightens it too, while the FLAIR pair's
+    own unexplained increases (inflow, CSF suppression, thick-slice partial volume) do not repeat
+    on it.
+    """
+    if rules.t2_confirm_z <= 0 or fu.t2 is None or ref.t2 is None:
+        return None
+    return pair_maps(Visit(fu.t2, fu.affine, fu.brain, fu.labels), Visit(ref.t2, ref.affine, ref.brain, ref.labels),
+                     fu_to_ref, rules)
 
 
 def status_mask(labels: np.ndarray, changes: list[LesionChange], status: str) -> np.ndarray:
@@ -690,13 +770,14 @@ def count_status(changes: list[LesionChange] | list[dict], status: str) -> int:
 # --- file level ----------------------------------------------------------------------------------
 
 
-def read_visit(flair_path: str, brain_path: str, dseg_path: str) -> Visit:
+def read_visit(flair_path: str, brain_path: str, dseg_path: str, t2_path: str | None = None) -> Visit:
     from msimaging import io
 
     flair, affine = io.read_image(flair_path)
     brain, _ = io.read_mask(brain_path)
     labels, _ = io.read_image(dseg_path, dtype=np.int32)
-    return Visit(flair=flair, affine=affine, brain=brain, labels=labels)
+    t2 = io.read_image(t2_path)[0] if t2_path else None
+    return Visit(flair=flair, affine=affine, brain=brain, labels=labels, t2=t2)
 
 
 def run_compare(fu: dict[str, str], baseline: dict[str, str], previous: dict[str, str] | None,
@@ -704,8 +785,9 @@ def run_compare(fu: dict[str, str], baseline: dict[str, str], previous: dict[str
                 cfg: dict) -> None:
     """Compare a follow-up with baseline and with the previous visit; write masks and JSON.
 
-    ``fu``, ``baseline`` and ``previous`` map ``flair``, ``brain``, ``dseg`` and (follow-ups)
-    ``xfm`` (``from-session_to-baseline``) to files; ``previous`` is None when it is the
+    ``fu``, ``baseline`` and ``previous`` map ``flair``, ``brain``, ``dseg``, (follow-ups)
+    ``xfm`` (``from-session_to-baseline``) and, when the visit has one, ``t2`` (its T2w on the
+    FLAIR grid: new-lesion confirmation) to files; ``previous`` is None when it is the
     baseline (or the same files as ``baseline``: the comparison is then made once). The masks (on
     the follow-up grid) hold the new / enlarging lesions vs baseline.
     """
@@ -716,13 +798,13 @@ def run_compare(fu: dict[str, str], baseline: dict[str, str], previous: dict[str
 
     rules = ChangeRules.from_config(cfg)
     lesion_rules = rules_from_config(cfg)
-    f = read_visit(fu["flair"], fu["brain"], fu["dseg"])
+    f = read_visit(fu["flair"], fu["brain"], fu["dseg"], fu.get("t2"))
     t_fu = read_transform(fu["xfm"])
     report = QCReport(subject, session)
     result: dict[str, list[dict]] = {}
 
     def versus(visit: dict[str, str]) -> tuple[list[LesionChange], np.ndarray]:
-        r = read_visit(visit["flair"], visit["brain"], visit["dseg"])
+        r = read_visit(visit["flair"], visit["brain"], visit["dseg"], visit.get("t2"))
         t_ref = read_transform(visit["xfm"]) if visit.get("xfm") else None
         return compare_visits(f, r, follow_up_to_reference(t_fu, t_ref), rules, lesion_rules)
 

@@ -39,10 +39,11 @@ def test_no_change_pairs_have_no_new_lesion_and_few_false_changes(figures):
 
 
 def test_implanted_new_lesions_are_found_at_the_measured_rate(figures):
-    # measured 2026-12: see the bench's report; targets 0.80 (>= 30 mm^3) and 0.60 (10-30 mm^3)
+    # measured 2026-12-02: see the bench's report; targets 0.80 (>= 30 mm^3) and 0.60 (10-30 mm^3)
     assert figures["new_recall_30_500mm3"] >= FLOOR_NEW_30
     assert figures["new_recall_10_30mm3"] >= FLOOR_NEW_10
-    assert figures["false_new_or_enlarging_per_implanted_pair"] <= 1.5   # measured 1.0
+    # measured 0.5 with T2w confirmation of new lesions (1.0 before)
+    assert figures["false_new_or_enlarging_per_implanted_pair"] <= 0.5
 
 
 def test_implanted_growth_is_found_at_the_measured_rate(figures):
@@ -53,8 +54,8 @@ def test_implanted_growth_is_found_at_the_measured_rate(figures):
 
 def test_sub_p12_lesion_wise_f1_does_not_fall(figures):
     assert figures["p12_brightening_components"] == 25
-    assert figures["p12_f1"] >= 0.32          # measured 0.364 (target 0.50)
-    assert figures["p12_precision"] >= 0.70   # measured 0.75
+    assert figures["p12_f1"] >= 0.33          # measured 0.375 (target 0.50; 0.364 before T2w confirmation)
+    assert figures["p12_precision"] >= 0.81   # measured 0.857 (6 of 7)
 
 
 def test_real_no_change_pbvc(shared_data):
@@ -64,6 +65,6 @@ def test_real_no_change_pbvc(shared_data):
     assert fig["max_abs_no_change_pbvc"] <= 0.10, fig
 
 
-FLOOR_NEW_30 = 0.31   # measured 0.36 (5/14)
+FLOOR_NEW_30 = 0.52   # measured 0.57 (8/14; 5/14 before the registration-uncertainty significance and T2w confirmation)
 FLOOR_NEW_10 = 0.15   # measured 0.20 (1/5)
 FLOOR_ENLARGING = 0.70   # measured 0.75 (9/12)

@@ -88,3 +88,20 @@ def test_baseline_session_overrides_the_time_order(tmp_path):
         assert "ses-M06" in compare["bl"] and "bl_xfm" not in compare and "ses-M12" in compare["fu_xfm"]
     wrong = Plan.from_config(load_config({"bids_dir": str(tmp_path), "baseline_session": "M03"}))
     assert any("baseline_session ses-M03 does not exist" in p for p in wrong.subject("p01").problems)
+
+
+def test_compare_inputs_carry_the_t2w_of_visits_that_have_one(tmp_path):
+    """New lesions are confirmed on the T2w pair: compare_visits gets each visit's T2w on its FLAIR grid."""
+    from types import SimpleNamespace
+
+    from msimaging.config import load_config
+    from msimaging.dag import Plan
+
+    for ses, contrasts in (("M00", ("FLAIR", "T2w")), ("M06", ("FLAIR", "T2w")), ("M12", ("FLAIR",))):
+        for c in contrasts:
+            _touch(tmp_path / f"sub-p01/ses-{ses}/anat/sub-p01_ses-{ses}_{c}.nii.gz")
+    plan = Plan.from_config(load_config({"bids_dir": str(tmp_path)}))
+    with_t2 = plan.compare_inputs(SimpleNamespace(subject="p01", session="M06"))
+    assert "space-FLAIR_desc-preproc_T2w" in with_t2["fu_t2"] and "ses-M00" in with_t2["bl_t2"]
+    without = plan.compare_inputs(SimpleNamespace(subject="p01", session="M12"))
+    assert "fu_t2" not in without and "bl_t2" in without and "prev_t2" in without

@@ -68,3 +68,67 @@ def test_an_unchanged_pair_stays_clean_with_pooled_evidence():
     assert count_status(changes, "new") == 0 and count_status(changes, "enlarging") == 0
     maps = pair_maps(again, base, sitk.Euler3DTransform(), GAIN)
     assert maps.correlation[-1][1] >= 1.0
+
+
+def test_registration_noise_is_shift_times_gradient():
+    from msimaging.longitudinal import registration_noise
+
+    affine = np.diag([0.5, 0.5, 2.0, 1.0])
+    ramp = np.broadcast_to(np.arange(20, dtype=np.float32)[:, None, None] * 0.3, (20, 8, 6)).copy()
+    reg = registration_noise(ramp, affine, 0.4)
+    assert np.allclose(reg[2:-2], 0.4 * 0.3 / 0.5, atol=1e-5)     # 0.3 z per 0.5 mm voxel
+    assert np.allclose(registration_noise(np.ones((5, 5, 5), np.float32), affine, 0.4), 0.0)
+
+
+def test_significance_is_unbiased_in_flat_tissue_and_damped_at_a_shifted_edge():
+    from scipy import ndimage as ndi
+
+    from msimaging.longitudinal import new_lesion_significance
+
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    rng = np.random.default_rng(1)
+    shape = (40, 40, 20)
+    zr = ndi.gaussian_filter(rng.standard_normal(shape), 0.6).astype(np.float32)
+    zf = ndi.gaussian_filter(rng.standard_normal(shape), 0.6).astype(np.float32)
+    noise = float(np.std(zf - zr))
+    blob = np.zeros(shape, np.float32)
+    blob[15:25, 15:25, 8:12] = 1.5 * noise
+    reg_rules = ChangeRules(registration_shift_mm=0.5)
+    sig = new_lesion_significance(zf + blob, zr, noise, affine, reg_rules)
+    jitter = new_lesion_significance(zf + blob, zr, noise, affine, ChangeRules(registration_shift_mm=0.0))
+    inside = blob > 0
+    assert abs(float(sig[inside].mean()) - 1.5) < 0.3        # the increase, in noise units
+    assert float(jitter[inside].mean()) < 1.0                 # R's local maximum eats most of it
+    # a strong edge moved by half a voxel: the misregistration term keeps it from looking new
+    x = np.arange(shape[0], dtype=np.float32)[:, None, None]
+    edge_r = np.broadcast_to(20.0 / (1 + np.exp(-(x - 20.0) / 0.8)), shape).astype(np.float32)
+    edge_f = np.broadcast_to(20.0 / (1 + np.exp(-(x - 19.5) / 0.8)), shape).astype(np.float32)
+    plain = (edge_f - edge_r) / noise
+    damped = new_lesion_significance(edge_f, edge_r, noise, affine, reg_rules)
+    assert plain.max() > 3.0 and damped.max() < 1.5
+
+
+def _with_t2(v: Visit, t2: Visit) -> Visit:
+    return Visit(v.flair, v.affine, v.brain, v.labels, t2=t2.flair)
+
+
+def test_a_faint_new_lesion_needs_the_t2w_to_confirm_it():
+    rng = np.random.default_rng(3)
+    base = _phantom(STABLE, AFFINE, SHAPE, rng)
+    follow = _with_faint_lesion(_phantom(STABLE, AFFINE, SHAPE, rng, gain=0.9), 0.05)
+    base_t2 = _phantom(STABLE, AFFINE, SHAPE, rng)          # independent noise: another acquisition
+    plain_t2 = _phantom(STABLE, AFFINE, SHAPE, rng, gain=1.05)
+    ident = sitk.Euler3DTransform()
+    point = CENTRE + FAINT[0]
+    ijk = tuple(np.round(np.linalg.solve(AFFINE[:3, :3], point - AFFINE[:3, 3])).astype(int))
+    confirmed, labels = compare_visits(_with_t2(follow, _with_faint_lesion(plain_t2, 0.05)), _with_t2(base, base_t2),
+                                       ident, GAIN)
+    assert status_mask(labels, confirmed, "new")[ijk] and count_status(confirmed, "new") == 1
+    assert max(c.t2_change_z for c in confirmed if c.status == "new") >= GAIN.t2_confirm_z
+    # the same FLAIR change without a T2w increase is no new lesion
+    unconfirmed, labels_u = compare_visits(_with_t2(follow, plain_t2), _with_t2(base, base_t2), ident, GAIN)
+    assert count_status(unconfirmed, "new") == 0
+    # and an unchanged pair with both contrasts stays clean
+    again = _phantom(STABLE, AFFINE, SHAPE, rng, gain=1.1, bias=0.05)
+    clean, _ = compare_visits(_with_t2(again, plain_t2), _with_t2(base, base_t2), ident, GAIN)
+    assert count_status(clean, "new") == 0 and count_status(clean, "enlarging") == 0

@@ -238,6 +238,9 @@ def _files(out: Path, ses: str, with_xfm: bool) -> dict[str, str]:
              "brain": str(out / L.brain_mask(SUBJECT, ses)), "dseg": str(out / L.lesion_dseg(SUBJECT, ses))}
     if with_xfm:
         files["xfm"] = str(out / L.baseline_xfm(SUBJECT, ses))
+    t2 = out / L.preproc_image(SUBJECT, ses, "T2w", "FLAIR")
+    if t2.is_file():
+        files["t2"] = str(t2)
     return files
 
 
