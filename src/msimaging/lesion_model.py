@@ -6,10 +6,7 @@ look like grey matter. No single-contrast threshold separates them, and rules wr
 patient (mirror symmetry, lesion frequency, grey-matter posterior) removed the lesions of others.
 This model combines, per voxel, the evidence the segmentation computes anyway:
 
-* each available contrast's excess over its local NAWM reference (raw, smoothed 1 mm and 2 mm) and
-  the peak of its 1 mm-smoothed excess within ``PEAK_MM`` (context: a voxel at half a nearby
-  lesion's peak is that lesion's partial-volume edge, a voxel as bright with no brighter core near
-  is grey matter or noise; the boundary ``excess > k * peak`` is linear in these features),
+* each available contrast's excess over its local NAWM reference (raw and smoothed 1 mm),
 * the FLAIR excess over local grey matter (in GM SDs), the tissue model's posteriors, the
   template tissue priors and the depth below the brain surface,
 
@@ -40,8 +37,6 @@ MODEL_FILE = "lesion_model.json"
 #: Contrast sets with a model, best first (the hyperintense contrast first).
 CONTRAST_SETS: tuple[tuple[str, ...], ...] = (
     ("FLAIR", "T2w", "T1w"), ("FLAIR", "T2w"), ("FLAIR", "T1w"), ("FLAIR",), ("T2w", "T1w"), ("T2w",))
-#: Radius (mm) of the neighbourhood whose peak smoothed excess is a voxel's context feature.
-PEAK_MM = 3.0
 #: Clip of every base feature (robustness to outliers: bright vessels, CSF edges, air).
 CLIP = 4.0
 
@@ -50,24 +45,22 @@ def feature_names(contrasts: tuple[str, ...]) -> list[str]:
     """Base features for a contrast set (the order of :func:`base_features`)."""
     names = []
     for c in contrasts:
-        names += [f"{c}_excess", f"{c}_excess_s1", f"{c}_excess_s2", f"{c}_peak"]
+        names += [f"{c}_excess", f"{c}_excess_s1"]
     names += ["z_gm", "post_csf", "post_gm", "post_wm", "prior_csf", "prior_gm", "prior_wm", "depth"]
     return names
 
 
 def base_features(excess: Mapping[str, np.ndarray], z_gm: np.ndarray, post: np.ndarray,
                   priors: np.ndarray, depth_mm: np.ndarray, contrasts: tuple[str, ...],
-                  smooth: Mapping[str, np.ndarray], smooth2: Mapping[str, np.ndarray],
-                  peak: Mapping[str, np.ndarray]) -> np.ndarray:
+                  smooth: Mapping[str, np.ndarray]) -> np.ndarray:
     """(N, F) base features of N voxels (each input already restricted to those voxels).
 
-    ``excess``: contrast / local NAWM - 1; ``smooth`` and ``smooth2``: the same after 1 mm and 2 mm
-    smoothing; ``peak``: the maximum of ``smooth`` within ``PEAK_MM``; ``post`` and ``priors``:
-    (N, 3) CSF, GM, WM; ``depth_mm``: distance to the brain surface.
+    ``excess``: contrast / local NAWM - 1; ``smooth``: the same after 1 mm smoothing; ``post`` and
+    ``priors``: (N, 3) CSF, GM, WM; ``depth_mm``: distance to the brain surface.
     """
     cols = []
     for c in contrasts:
-        cols += [excess[c], smooth[c], smooth2[c], peak[c]]
+        cols += [excess[c], smooth[c]]
     cols += [np.clip(z_gm / 4.0, -CLIP, CLIP), post[:, 0], post[:, 1], post[:, 2],
              priors[:, 0], priors[:, 1], priors[:, 2], np.minimum(depth_mm, 20.0) / 10.0]
     x = np.stack([np.asarray(v, np.float64) for v in cols], axis=1)

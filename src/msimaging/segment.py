@@ -566,25 +566,20 @@ def voxel_features(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: 
 
     ``depth``: :func:`distance_to_surface_mm` of ``brain`` when already computed.
     """
-    from msimaging.lesion_model import PEAK_MM, base_features
+    from msimaging.lesion_model import base_features
 
-    excess, smooth, smooth2, peak = {}, {}, {}, {}
-    # smoothing inside the brain only (normalised, so the surface does not pull it down)
-    den1 = np.maximum(smooth_mm(brain.astype(np.float32), affine, 1.0), 1e-3)
-    den2 = np.maximum(smooth_mm(brain.astype(np.float32), affine, 2.0), 1e-3)
-    reach = tuple(2 * int(round(PEAK_MM / v)) + 1 for v in voxel_sizes(affine))  # a box: separable, fast
+    excess, smooth = {}, {}
+    # 1 mm smoothing inside the brain only (normalised, so the surface does not pull it down)
+    den = smooth_mm(brain.astype(np.float32), affine, 1.0)[brain]
     for c in contrasts:
         e = np.where(brain, np.asarray(images[c], np.float32) / np.maximum(ev.refs[c], 1e-6) - 1.0, 0.0)
         excess[c] = e[brain]
-        s1 = np.where(brain, smooth_mm(e.astype(np.float32), affine, 1.0) / den1, 0.0).astype(np.float32)
-        smooth[c] = s1[brain]
-        smooth2[c] = (smooth_mm(e.astype(np.float32), affine, 2.0) / den2)[brain]
-        # T1w lesions are dark: its context is the deepest nearby trough (the sign is kept)
-        peak[c] = (-ndi.maximum_filter(-s1, size=reach) if c == "T1w" else ndi.maximum_filter(s1, size=reach))[brain]
+        num = smooth_mm(e.astype(np.float32), affine, 1.0)
+        smooth[c] = (num[brain] / np.maximum(den, 1e-3))
     if depth is None:
         depth = distance_to_surface_mm(brain, affine)
     return base_features(excess, ev.z_gm[brain], ev.post[brain], priors.stack()[brain], depth[brain], contrasts,
-                         smooth, smooth2, peak)
+                         smooth)
 
 
 def model_probability(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray, ev: Evidence,
