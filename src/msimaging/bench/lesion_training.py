@@ -257,15 +257,17 @@ def case_components(bg: Any, mask_path: Path, cfg: dict[str, Any], voxel_model: 
     idx = lab[sel]
     size = np.bincount(idx, minlength=n + 1)[1:]
     tp = np.bincount(idx, weights=truth.ravel()[sel].astype(float), minlength=n + 1)[1:]
-    odds = {}
+    odds, pairs = {}, {}
+    t_sel = t_lab.ravel()[sel]
     for o in VOXEL_ODDS:
-        above = (logit.ravel()[sel] >= np.log(o)).astype(float)
-        odds[o] = (np.bincount(idx, weights=above, minlength=n + 1)[1:],
+        above = logit.ravel()[sel] >= np.log(o)
+        odds[o] = (np.bincount(idx, weights=above.astype(float), minlength=n + 1)[1:],
                    np.bincount(idx, weights=above * truth.ravel()[sel], minlength=n + 1)[1:])
+        # (truth lesion, candidate) pairs that overlap on the voxels a kept candidate keeps at these odds
+        p = np.unique(np.stack([t_sel[above], idx[above]], 1), axis=0)
+        pairs[o] = p[p[:, 0] > 0]
     y = (tp > 0).astype(float)
     skip = (np.bincount(idx, weights=exclude.ravel()[sel].astype(float), minlength=n + 1)[1:] > 0) & (tp == 0)
-    pairs = np.unique(np.stack([t_lab[labels > 0], labels[labels > 0]], 1), axis=0)
-    pairs = pairs[pairs[:, 0] > 0]
     return {"features": feats, "y": y, "skip": skip, "size": size, "tp": tp, "odds": odds,
             "truth_voxels": int(truth.sum()), "truth_lesions": int(t_lab.max()), "pairs": pairs,
             "name": f"{sess.name}+{mask_path.name.split('_')[0]}"}
@@ -277,12 +279,12 @@ VOXEL_ODDS = (0.35, 0.6, 1.0)
 
 def case_score(c: dict[str, Any], keep: np.ndarray, odds: float) -> float:
     """(Dice + lesion F1) / 2 of one case for a keep decision per candidate (skipped: not kept)."""
-    keep = keep & ~c["skip"]
     n_vox, tp_vox = c["odds"][odds]
+    keep = keep & ~c["skip"] & (n_vox > 0)
     dice = 2 * float(tp_vox[keep].sum()) / max(float(n_vox[keep].sum()) + c["truth_voxels"], 1.0)
     kept = int(keep.sum())
-    tp_c = int((keep & (c["y"] > 0)).sum())
-    detected = len({int(a) for a, b in c["pairs"] if keep[int(b) - 1]})
+    tp_c = int((keep & (tp_vox > 0)).sum())
+    detected = len({int(a) for a, b in c["pairs"][odds] if keep[int(b) - 1]})
     p = tp_c / kept if kept else 0.0
     r = detected / c["truth_lesions"] if c["truth_lesions"] else 1.0
     f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
