@@ -68,3 +68,30 @@ def test_elongation_of_a_tube_and_a_ball():
     tube = np.concatenate([line + [0, dy, dz] for dy in (-1, 0, 1) for dz in (-1, 0, 1)])
     ball = np.argwhere(np.ones((5, 5, 5))).astype(float)
     assert elongation(tube) > 4.0 > 1.5 > elongation(ball)
+
+
+def test_a_lesion_joined_to_a_vessel_is_found_on_a_second_look():
+    """Enhancement grows along a vein into a lesion on it: the one candidate is tubular and rejected
+    whole; split where it leaves the T2 lesion, the lesion's part is judged on its own."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(5)
+    t1, ce, _, brain, other, _ = _head(rng)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij"), -1).astype(float)
+    p = (ijk - (np.asarray(SHAPE) - 1) / 2) * np.array([1.2, 1.2, 2.0])
+    # the deep vessel at tissue level before contrast (partial volume: it is parenchyma to the detector)
+    tube = (np.hypot(p[..., 0] + 2.0, p[..., 2] + 10.0) < 1.2) & (np.abs(p[..., 1]) < 16)
+    t1[tube] = 0.85 + rng.normal(0, 0.02, int(tube.sum()))
+    les = np.linalg.norm(p - np.array([-2.0, 10.0, -10.0]), axis=-1) < 3.5     # on the vessel
+    t1[les] = 0.62 + rng.normal(0, 0.02, int(les.sum()))
+    ce[les] = 1.35 * 1.15 + rng.normal(0, 0.02, int(les.sum()))
+    rules = EnhancingRules()
+    whole = detect(ce, t1, AFFINE, brain, replace(rules, t2_split_voxels=0.0), LesionRules(), t2_lesions=les)
+    assert not (whole.labels[les] > 0).any()
+    assert any(c["reason"] == "tubular (vessel)" for c in whole.candidates)
+    split = detect(ce, t1, AFFINE, brain, rules, LesionRules(), t2_lesions=les)
+    found = split.labels > 0
+    assert found[les].mean() > 0.7                             # the lesion ...
+    assert (found & ~les & ~other).sum() * np.prod([1.2, 1.2, 2.0]) < 30.0   # ... not the vein
+    parts = [c for c in split.candidates if "part_of" in c]
+    assert len(parts) == 2 and sum(c["accepted"] for c in parts) == 1
