@@ -38,8 +38,9 @@ then asks each candidate for that evidence (every rule a key of the config's ``e
    the location rules are for candidates with no lesion evidence of their own. On implanted cases
    into sub-p07 (seeds 0-9), the location rules rejected 6 of 72 lesions the T2 segmentation had
    marked, and the 0.20 FLAIR / T2w excess floors rejected real-contrast lesions at 0.15-0.19
-   whose T2-model probability was high; the floors are 0.12 now, the model's probability does the
-   discriminating. The tubularity is reported for every candidate
+   whose T2-model probability was high; with the model the floors are ``min_excess_with_model``
+   (0.12) and its probability does the discriminating (without it, on phantoms, 0.12 let FLAIR-faint
+   mimics through: 1.8 false per scan). The tubularity is reported for every candidate
    but its rule is off by default (``max_tubularity: 1``): on sub-p07's ce-T1w, implanted real
    lesion shapes (irregular, often ovoid) scored as tube-like as its vessel candidates (medians
    0.77 and 0.71), so it removed lesions, not vessels.
@@ -81,8 +82,9 @@ class EnhancingRules:
     max_elongation: float = 4.0     # vessels: ratio of principal-axis lengths
     max_tubularity: float = 1.0     # vessels: Hessian tubularity (1 - Frangi R_B) above this
     flair_grow_z: float = 0.0       # with a FLAIR: voxels at or below this FLAIR z never join a Gd+ lesion
-    min_flair_excess: float = 0.12  # with a FLAIR: upper-quartile excess over local NAWM at least this
-    min_t2_excess: float = 0.12     # with a T2w: the same on T2w
+    min_flair_excess: float = 0.20  # with a FLAIR: upper-quartile excess over local NAWM at least this
+    min_t2_excess: float = 0.20     # with a T2w: the same on T2w
+    min_excess_with_model: float = 0.12  # both floors when the T2-lesion model's probability is evidence too
     max_t1_excess: float = 0.10     # pre-contrast T1w median excess over local NAWM at most this
     min_wm_prior: float = 0.5       # with template priors: mean WM prior at least this
     min_t2_probability: float = 0.3  # with the T2-lesion model: its voxel probability (90th pct) at least this
@@ -241,9 +243,12 @@ def candidate_evidence(labels: np.ndarray, z: np.ndarray, affine: np.ndarray,
 
 def accept(f: Mapping[str, float], rules: EnhancingRules) -> tuple[bool, str]:
     """The decision on one candidate's evidence: (is a Gd+ lesion, the reason when not)."""
-    if "FLAIR_excess" in f and f["FLAIR_excess"] < rules.min_flair_excess:
+    # with the T2-lesion model the excess floors only drop the clearly not hyperintense: the model's
+    # probability tells a faint lesion from grey matter; without it, the floors are the evidence
+    model = "t2_probability" in f
+    if "FLAIR_excess" in f and f["FLAIR_excess"] < (rules.min_excess_with_model if model else rules.min_flair_excess):
         return False, "not FLAIR-hyperintense"
-    if "T2w_excess" in f and f["T2w_excess"] < rules.min_t2_excess:
+    if "T2w_excess" in f and f["T2w_excess"] < (rules.min_excess_with_model if model else rules.min_t2_excess):
         return False, "not T2-hyperintense"
     if "t2_probability" in f and f["t2_probability"] < rules.min_t2_probability:
         return False, "not lesion-like on FLAIR/T2w/T1w (T2-lesion model)"
