@@ -561,25 +561,37 @@ def detect_lesions(flair: np.ndarray, affine: np.ndarray, brain: np.ndarray, ev:
 
 
 def voxel_features(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray, ev: Evidence,
-                   priors: TissuePriors, contrasts: tuple[str, ...], depth: np.ndarray | None = None) -> np.ndarray:
-    """(N, F) base features (:func:`msimaging.lesion_model.base_features`) of the brain's N voxels.
+                   priors: TissuePriors, contrasts: tuple[str, ...], depth: np.ndarray | None = None,
+                   names: list[str] | tuple[str, ...] | None = None) -> np.ndarray:
+    """(N, F) base features ``names`` (:func:`msimaging.lesion_model.base_features`; default: all
+    of :func:`msimaging.lesion_model.feature_names`) of the brain's N voxels.
 
     ``depth``: :func:`distance_to_surface_mm` of ``brain`` when already computed.
     """
-    from msimaging.lesion_model import base_features
+    from msimaging.lesion_model import PEAK_MM, base_features, feature_names
 
-    excess, smooth = {}, {}
-    # 1 mm smoothing inside the brain only (normalised, so the surface does not pull it down)
-    den = smooth_mm(brain.astype(np.float32), affine, 1.0)[brain]
+    if names is None:
+        names = feature_names(contrasts)
+    need = {n.split("_", 1)[1] for n in names if n.split("_", 1)[0] in contrasts}
+    per: dict[str, dict[str, np.ndarray]] = {"excess": {}, "excess_s1": {}, "excess_s2": {}, "peak": {}}
+    # smoothing inside the brain only (normalised, so the surface does not pull it down)
+    den1 = np.maximum(smooth_mm(brain.astype(np.float32), affine, 1.0), 1e-3)
+    den2 = np.maximum(smooth_mm(brain.astype(np.float32), affine, 2.0), 1e-3) if "excess_s2" in need else None
+    reach = tuple(2 * int(round(PEAK_MM / v)) + 1 for v in voxel_sizes(affine))  # a box: separable, fast
     for c in contrasts:
         e = np.where(brain, np.asarray(images[c], np.float32) / np.maximum(ev.refs[c], 1e-6) - 1.0, 0.0)
-        excess[c] = e[brain]
-        num = smooth_mm(e.astype(np.float32), affine, 1.0)
-        smooth[c] = (num[brain] / np.maximum(den, 1e-3))
+        per["excess"][c] = e[brain]
+        s1 = np.where(brain, smooth_mm(e.astype(np.float32), affine, 1.0) / den1, 0.0).astype(np.float32)
+        per["excess_s1"][c] = s1[brain]
+        if den2 is not None:
+            per["excess_s2"][c] = (smooth_mm(e.astype(np.float32), affine, 2.0) / den2)[brain]
+        if "peak" in need:
+            # T1w lesions are dark: its context is the deepest nearby trough (the sign is kept)
+            per["peak"][c] = (-ndi.maximum_filter(-s1, size=reach) if c == "T1w"
+                              else ndi.maximum_filter(s1, size=reach))[brain]
     if depth is None:
         depth = distance_to_surface_mm(brain, affine)
-    return base_features(excess, ev.z_gm[brain], ev.post[brain], priors.stack()[brain], depth[brain], contrasts,
-                         smooth)
+    return base_features(per, ev.z_gm[brain], ev.post[brain], priors.stack()[brain], depth[brain], names)
 
 
 def model_probability(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray, ev: Evidence,
@@ -594,7 +606,7 @@ def model_probability(images: Mapping[str, np.ndarray], affine: np.ndarray, brai
     none. The returned probability is 0.5 exactly at that decision boundary.
     """
     depth = distance_to_surface_mm(brain, affine)
-    x = voxel_features(images, affine, brain, ev, priors, model.contrasts, depth)
+    x = voxel_features(images, affine, brain, ev, priors, model.contrasts, depth, model.features)
     t = min(max(model.threshold, 1e-6), 1 - 1e-6)
     logit = np.full(brain.shape, -40.0, np.float32)
     logit[brain] = model.logit(x) - np.log(t / (1 - t))

@@ -185,17 +185,41 @@ def make_samples(data: Path, work: Path, cores: int
     return pooled
 
 
+#: The voxel model: "quadratic" (:class:`msimaging.lesion_model.LogisticModel`, what ships) or
+#: "monotone" (:class:`msimaging.lesion_model.MonotoneModel`; ``--kind monotone``, with the context
+#: features: measured on the held-out bench, not better on the whole, so not shipped).
+MODEL_KIND = "quadratic"
+#: Whether the voxel model reads the context features (2 mm-smoothed excess, peak within 3 mm).
+CONTEXT = False
+
+
+def fit_voxel_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, cs: tuple[str, ...], kind: str | None = None,
+                    context: bool | None = None) -> Any:
+    """One voxel model on the samples ``x`` (all of :func:`msimaging.lesion_model.feature_names`)."""
+    from msimaging.lesion_model import feature_names, fit_logistic, fit_monotone
+
+    kind = MODEL_KIND if kind is None else kind
+    context = CONTEXT if context is None else context
+    names = feature_names(cs)
+    use = feature_names(cs, context=context)
+    xs = x[:, [names.index(n) for n in use]]
+    if kind == "monotone":
+        return fit_monotone(xs, y, w, cs, use, l2=L2)
+    m = fit_logistic(xs, y, w, cs, l2=L2)
+    m.features = tuple(use)
+    return m
+
+
 def fit_models(pooled: dict[tuple[str, ...], list[tuple[np.ndarray, np.ndarray, np.ndarray]]],
                files: list[Path]) -> dict[str, Any]:
-    from msimaging.lesion_model import fit_logistic
-
     models = []
     for cs, parts in pooled.items():
         x = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
         w = np.concatenate([p[2] for p in parts])
-        m = fit_logistic(x, y, w, cs, l2=L2)
-        prob = m.predict(x)
+        t0 = time.perf_counter()
+        m = fit_voxel_model(x, y, w, cs)
+        prob = m.predict(x[:, [feature_index(cs, f) for f in m.features]])
         grid = np.round(np.arange(0.1, 0.91, 0.02), 2)
         # threshold: best mean per-case Dice (each case's samples carry its weights)
         bounds = np.cumsum([0] + [len(p[1]) for p in parts])
@@ -203,7 +227,8 @@ def fit_models(pooled: dict[tuple[str, ...], list[tuple[np.ndarray, np.ndarray, 
                   for t in grid]
         m.threshold = float(grid[int(np.argmax(scores))])
         m.info.update({"training_mean_dice": round(float(np.max(scores)), 4)})
-        log.info("model %s: threshold %.2f, weighted training Dice %.3f", "+".join(cs), m.threshold, max(scores))
+        log.info("model %s: threshold %.2f, weighted training Dice %.3f (%.0f s)", "+".join(cs), m.threshold,
+                 max(scores), time.perf_counter() - t0)
         models.append(m.to_json())
     return {"models": models, "training": {"backgrounds": list(TRAIN_BACKGROUNDS),
                                            "masks": [f.name.split("_")[0] for f in files],
@@ -211,7 +236,15 @@ def fit_models(pooled: dict[tuple[str, ...], list[tuple[np.ndarray, np.ndarray, 
                                            "seed": SEED}}
 
 
+def feature_index(cs: tuple[str, ...], name: str) -> int:
+    """The column of feature ``name`` in the samples of contrast set ``cs``."""
+    from msimaging.lesion_model import feature_names
+
+    return feature_names(cs).index(name)
+
+
 def main(argv: list[str] | None = None) -> None:
+    global MODEL_KIND, CONTEXT
     p = argparse.ArgumentParser(prog="python -m msimaging.bench.lesion_training", description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_SHARED)
     p.add_argument("--work", type=Path, default=Path("bench-work/lesions"))
@@ -219,7 +252,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=PACKAGE / "data" / "lesion_model.json")
     p.add_argument("--stage", choices=("all", "voxels", "components"), default="all",
                    help="voxels: the voxel models; components: add the component stage to --out's voxel models")
+    p.add_argument("--kind", choices=("quadratic", "monotone"), default=MODEL_KIND, help="voxel model kind")
+    p.add_argument("--context", action=argparse.BooleanOptionalAction, default=CONTEXT,
+                   help="voxel model reads the context features (2 mm excess, 3 mm peak)")
     args = p.parse_args(argv)
+    MODEL_KIND, CONTEXT = args.kind, args.context
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.stage in ("all", "voxels"):
         model = build(args.data, args.work, args.cores)
@@ -245,7 +282,7 @@ def case_components(bg: Any, mask_path: Path, cfg: dict[str, Any], voxel_model: 
     used = {c: imp.images[c] for c in cs}
     ev = tissue_evidence(used, sess.affine, brain, priors, options, hyper=cs[0])
     depth = distance_to_surface_mm(brain, sess.affine)
-    x = voxel_features(used, sess.affine, brain, ev, priors, cs, depth)
+    x = voxel_features(used, sess.affine, brain, ev, priors, cs, depth, voxel_model.features)
     t = voxel_model.threshold
     logit = np.full(brain.shape, -40.0, np.float32)
     logit[brain] = voxel_model.logit(x) - np.log(t / (1 - t))
