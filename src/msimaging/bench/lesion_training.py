@@ -133,7 +133,7 @@ def samples_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def build(data: Path, work: Path, cores: int) -> dict[str, Any]:
+def build(data: Path, work: Path, cores: int, kind: str = "quadratic", context: bool = False) -> dict[str, Any]:
     from msimaging.implant import mask_files
 
     cache = work / f"lesion-samples-{samples_digest()}.npz"
@@ -141,7 +141,7 @@ def build(data: Path, work: Path, cores: int) -> dict[str, Any]:
     if not cache.is_file():
         save_samples(cache, pooled)
     files = training_masks(mask_files(data / "ms-lesion-masks"))
-    return fit_models(pooled, files)
+    return fit_models(pooled, files, kind, context)
 
 
 def save_samples(path: Path, pooled: dict[tuple[str, ...], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]) -> None:
@@ -185,21 +185,17 @@ def make_samples(data: Path, work: Path, cores: int
     return pooled
 
 
-#: The voxel model: "quadratic" (:class:`msimaging.lesion_model.LogisticModel`, what ships) or
-#: "monotone" (:class:`msimaging.lesion_model.MonotoneModel`; ``--kind monotone``, with the context
-#: features: measured on the held-out bench, not better on the whole, so not shipped).
-MODEL_KIND = "quadratic"
-#: Whether the voxel model reads the context features (2 mm-smoothed excess, peak within 3 mm).
-CONTEXT = False
+def fit_voxel_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, cs: tuple[str, ...], kind: str = "quadratic",
+                    context: bool = False) -> Any:
+    """One voxel model on the samples ``x`` (all of :func:`msimaging.lesion_model.feature_names`).
 
-
-def fit_voxel_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, cs: tuple[str, ...], kind: str | None = None,
-                    context: bool | None = None) -> Any:
-    """One voxel model on the samples ``x`` (all of :func:`msimaging.lesion_model.feature_names`)."""
+    ``kind``: "quadratic" (:class:`msimaging.lesion_model.LogisticModel`, what ships) or "monotone"
+    (:class:`msimaging.lesion_model.MonotoneModel`: with the context features it was measured on the
+    held-out bench and was not better on the whole, so it does not ship); ``context``: the model
+    reads the context features (2 mm-smoothed excess, peak within 3 mm).
+    """
     from msimaging.lesion_model import feature_names, fit_logistic, fit_monotone
 
-    kind = MODEL_KIND if kind is None else kind
-    context = CONTEXT if context is None else context
     names = feature_names(cs)
     use = feature_names(cs, context=context)
     xs = x[:, [names.index(n) for n in use]]
@@ -211,14 +207,14 @@ def fit_voxel_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, cs: tuple[str, 
 
 
 def fit_models(pooled: dict[tuple[str, ...], list[tuple[np.ndarray, np.ndarray, np.ndarray]]],
-               files: list[Path]) -> dict[str, Any]:
+               files: list[Path], kind: str = "quadratic", context: bool = False) -> dict[str, Any]:
     models = []
     for cs, parts in pooled.items():
         x = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
         w = np.concatenate([p[2] for p in parts])
         t0 = time.perf_counter()
-        m = fit_voxel_model(x, y, w, cs)
+        m = fit_voxel_model(x, y, w, cs, kind, context)
         prob = m.predict(x[:, [feature_index(cs, f) for f in m.features]])
         grid = np.round(np.arange(0.1, 0.91, 0.02), 2)
         # threshold: best mean per-case Dice (each case's samples carry its weights)
@@ -244,7 +240,6 @@ def feature_index(cs: tuple[str, ...], name: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    global MODEL_KIND, CONTEXT
     p = argparse.ArgumentParser(prog="python -m msimaging.bench.lesion_training", description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_SHARED)
     p.add_argument("--work", type=Path, default=Path("bench-work/lesions"))
@@ -252,14 +247,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=PACKAGE / "data" / "lesion_model.json")
     p.add_argument("--stage", choices=("all", "voxels", "components"), default="all",
                    help="voxels: the voxel models; components: add the component stage to --out's voxel models")
-    p.add_argument("--kind", choices=("quadratic", "monotone"), default=MODEL_KIND, help="voxel model kind")
-    p.add_argument("--context", action=argparse.BooleanOptionalAction, default=CONTEXT,
+    p.add_argument("--kind", choices=("quadratic", "monotone"), default="quadratic", help="voxel model kind")
+    p.add_argument("--context", action=argparse.BooleanOptionalAction, default=False,
                    help="voxel model reads the context features (2 mm excess, 3 mm peak)")
     args = p.parse_args(argv)
-    MODEL_KIND, CONTEXT = args.kind, args.context
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.stage in ("all", "voxels"):
-        model = build(args.data, args.work, args.cores)
+        model = build(args.data, args.work, args.cores, args.kind, args.context)
         args.out.write_text(json.dumps(model) + "\n")
     if args.stage in ("all", "components"):
         model = build_components(args.data, args.work, args.cores, args.out)
