@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 
 def test_lesion_model_quadratic_form_equals_the_fitted_regression() -> None:
@@ -78,3 +79,21 @@ def test_monotone_model_never_scores_a_brighter_voxel_lower() -> None:
     for t in m.terms:
         if t["monotone"]:
             assert np.all(np.diff(t["y"]) >= 0)
+
+
+def test_size_balanced_weights_give_every_lesion_the_same_total_at_alpha_one() -> None:
+    from msimaging.bench.lesion_training import size_balanced
+
+    # one 1000 mm^3 lesion (100 samples of weight 10) and one 20 mm^3 lesion (20 samples of weight 1)
+    y = np.r_[np.ones(120), np.zeros(50)]
+    w = np.r_[np.full(100, 10.0), np.ones(20), np.full(50, 3.0)]
+    v = np.r_[np.full(100, 1000.0), np.full(20, 20.0), np.zeros(50)]
+    assert np.array_equal(size_balanced(y, w, v, 0.0), w)
+    out = size_balanced(y, w, v, 1.0)
+    assert out[y > 0].sum() == pytest.approx(w[y > 0].sum())        # the positives' total is kept
+    assert np.array_equal(out[y == 0], w[y == 0])                    # negatives untouched
+    # each lesion's samples stand for its voxels (the big one's 100 samples for 1000 voxels): at alpha 1
+    # both lesions weigh the same in the fit, at 0 the big one 50 times more
+    assert out[:100].sum() == pytest.approx(out[100:120].sum())
+    half = size_balanced(y, w, v, 0.5)
+    assert half[:100].sum() / half[100:120].sum() == pytest.approx(50 ** 0.5)
