@@ -721,14 +721,16 @@ def voxel_lesion_probability(images: Mapping[str, np.ndarray], affine: np.ndarra
     """The learned voxel stage's lesion probability (0.5 at its threshold), before any component
     decision; None when no model applies (flat priors, rule-based method, no model for the contrasts).
 
-    Other steps use it as per-voxel T2-lesion evidence (:mod:`msimaging.enhancing`)."""
+    Other steps use it as per-voxel T2-lesion evidence (:mod:`msimaging.enhancing`); it comes
+    from the evidence models (:func:`msimaging.lesion_model.bundled_evidence_models`: voxel-wise
+    training weights, also when the segmentation's models are size-balanced)."""
     if options.method != "model" or not priors.from_template:
         return None
-    from msimaging.lesion_model import bundled_models, model_for
+    from msimaging.lesion_model import bundled_evidence_models, model_for
 
     brain = np.asarray(brain) > 0
     hyper, used = model_inputs(images)
-    model = model_for(tuple(used), bundled_models())
+    model = model_for(tuple(used), bundled_evidence_models())
     if model is None:
         return None
     priors = smoothed_priors(priors, affine, options)

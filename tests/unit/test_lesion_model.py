@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -97,3 +99,20 @@ def test_size_balanced_weights_give_every_lesion_the_same_total_at_alpha_one() -
     assert out[:100].sum() == pytest.approx(out[100:120].sum())
     half = size_balanced(y, w, v, 0.5)
     assert half[:100].sum() / half[100:120].sum() == pytest.approx(50 ** 0.5)
+
+
+def test_evidence_models_are_read_when_present_and_default_to_the_segmentation_models() -> None:
+    import json
+
+    from msimaging.lesion_model import bundled_evidence_models, bundled_models, load_models
+
+    text = (Path(__file__).resolve().parents[2] / "src" / "msimaging" / "data" / "lesion_model.json").read_text()
+    d = json.loads(text)
+    seg = load_models(text)
+    if "evidence_models" not in d:         # the shipped file is voxel-wise: one set of models
+        assert {cs: m.threshold for cs, m in bundled_evidence_models().items()} == \
+            {cs: m.threshold for cs, m in bundled_models().items()}
+    other = [dict(m, threshold=0.123) for m in d["models"]]
+    ev = load_models(json.dumps({**d, "evidence_models": other}), "evidence_models")
+    assert set(ev) == set(seg) and all(m.threshold == 0.123 for m in ev.values())
+    assert all(m.threshold != 0.123 for m in load_models(json.dumps({**d, "evidence_models": other})).values())
