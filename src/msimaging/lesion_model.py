@@ -200,11 +200,14 @@ def model_for(contrasts: tuple[str, ...] | list[str], models: Mapping[tuple[str,
 
 
 def load_models(text: str, key: str = "models") -> dict[tuple[str, ...], LogisticModel]:
-    """The voxel models under ``key`` of a model file: "models" (the segmentation's) or
-    "evidence_models" (voxel-wise weights: see :func:`bundled_evidence_models`; the segmentation's
-    when the file has none)."""
+    """The voxel models of a model file: "models" (the segmentation's), or those with the
+    ``key`` list's models in place of theirs for the contrast sets it has ("evidence_models":
+    voxel-wise fits, :func:`bundled_evidence_models`)."""
     d = json.loads(text)
-    return {tuple(m["contrasts"]): model_from_json(m) for m in d.get(key, d["models"])}
+    models = {tuple(m["contrasts"]): model_from_json(m) for m in d["models"]}
+    if key != "models":
+        models.update({tuple(m["contrasts"]): model_from_json(m) for m in d.get(key, [])})
+    return models
 
 
 @lru_cache(maxsize=1)
@@ -223,10 +226,11 @@ def bundled_evidence_models() -> dict[tuple[str, ...], Any]:
     A model file built with ``lesion_training --size-weight`` holds size-balanced segmentation
     models (each lesion voxel weighted by its lesion's volume ** -A, to find small lesions: a
     higher probability for every small bright structure) and, as ``evidence_models``, the
-    voxel-wise fit of the same samples, whose probability keeps the training cases' voxel
-    prevalence: other steps that read the probability as evidence (the Gd+ detector) use these
-    (measured: with the size-balanced probability, 3.1 false Gd+ per implanted scan instead of 1.9).
-    Without ``evidence_models`` (the shipped file: voxel-wise) these are the segmentation's models.
+    voxel-wise fit of the same samples (for the size-balanced contrast sets), whose probability
+    keeps the training cases' voxel prevalence: other steps that read the probability as evidence
+    (the Gd+ detector) use these (measured: with the size-balanced probability, 3.1 false Gd+ per
+    implanted scan instead of 1.9). For the contrast sets without one (all of them in the shipped,
+    voxel-wise file) these are the segmentation's models.
     """
     ref = resources.files("msimaging").joinpath("data", MODEL_FILE)
     if not ref.is_file():

@@ -101,7 +101,7 @@ def test_size_balanced_weights_give_every_lesion_the_same_total_at_alpha_one() -
     assert half[:100].sum() / half[100:120].sum() == pytest.approx(50 ** 0.5)
 
 
-def test_evidence_models_are_read_when_present_and_default_to_the_segmentation_models() -> None:
+def test_evidence_models_replace_the_segmentation_models_only_for_their_contrast_sets() -> None:
     import json
 
     from msimaging.lesion_model import bundled_evidence_models, bundled_models, load_models
@@ -112,7 +112,10 @@ def test_evidence_models_are_read_when_present_and_default_to_the_segmentation_m
     if "evidence_models" not in d:         # the shipped file is voxel-wise: one set of models
         assert {cs: m.threshold for cs, m in bundled_evidence_models().items()} == \
             {cs: m.threshold for cs, m in bundled_models().items()}
-    other = [dict(m, threshold=0.123) for m in d["models"]]
-    ev = load_models(json.dumps({**d, "evidence_models": other}), "evidence_models")
-    assert set(ev) == set(seg) and all(m.threshold == 0.123 for m in ev.values())
-    assert all(m.threshold != 0.123 for m in load_models(json.dumps({**d, "evidence_models": other})).values())
+    full = ("FLAIR", "T2w", "T1w")
+    other = [dict(m, threshold=0.123) for m in d["models"] if tuple(m["contrasts"]) == full]
+    text2 = json.dumps({**d, "evidence_models": other})
+    ev = load_models(text2, "evidence_models")
+    assert set(ev) == set(seg) and ev[full].threshold == 0.123
+    assert all(ev[cs].threshold == seg[cs].threshold for cs in seg if cs != full)
+    assert all(m.threshold != 0.123 for m in load_models(text2).values())

@@ -22,7 +22,7 @@ threshold of each model maximises the weighted-sample Dice over the training cas
 
 ``--size-weight A`` scales each positive's weight in the fit by its lesion's volume ** -A (the
 positives' total per case kept, :func:`size_balanced`; applied to ``SIZE_BALANCED_SETS``) and also
-writes the voxel-wise fit of the same samples as ``evidence_models``
+writes the voxel-wise fit of those sets from the same samples as ``evidence_models``
 (:func:`msimaging.lesion_model.bundled_evidence_models`, the probability the Gd+ detector reads).
 Measured on the held-out bench (README, What is short): A = 0.5 raised lesion F1 in 7 of 8 load
 bands and sub-p07's, but its T2 mask gained a false component on sub-p07 that the Gd+ detector
@@ -97,6 +97,7 @@ def training_case(bg: Any, mask_path: Path, cfg: dict[str, Any]) -> tuple[Any, n
 def case_samples(bg: Any, mask_path: Path, cfg: dict[str, Any], rng: np.random.Generator
                  ) -> dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(features, labels, weights) of one implanted case, per contrast set."""
+    from msimaging.geometry import voxel_volume_mm3
     from msimaging.segment import tissue_evidence, voxel_features
 
     sess = bg.session
@@ -123,8 +124,7 @@ def case_samples(bg: Any, mask_path: Path, cfg: dict[str, Any], rng: np.random.G
     # the volume (mm^3) of the implanted lesion each positive sample lies in (0: a negative), so that
     # the fit can balance lesions of every size (:func:`size_balanced`) without re-sampling
     comp, n_comp = ndi.label(y_img, structure=np.ones((3, 3, 3), bool))
-    vols = np.bincount(comp.ravel(), minlength=n_comp + 1).astype(np.float64) * float(
-        abs(np.linalg.det(sess.affine[:3, :3])))
+    vols = np.bincount(comp.ravel(), minlength=n_comp + 1).astype(np.float64) * voxel_volume_mm3(sess.affine)
     vols[0] = 0.0
     v = vols[comp[brain][sel]]
     out = {}
@@ -158,6 +158,8 @@ def samples_digest() -> str:
 
 def build(data: Path, work: Path, cores: int, kind: str = "quadratic", context: bool = False,
           size_weight: float = SIZE_WEIGHT) -> dict[str, Any]:
+    """The voxel models of the model file; with a ``size_weight``, also the voxel-wise fit of the
+    ``SIZE_BALANCED_SETS`` from the same samples, as ``evidence_models``."""
     from msimaging.implant import mask_files
 
     cache = work / f"lesion-samples-{samples_digest()}.npz"
@@ -165,7 +167,11 @@ def build(data: Path, work: Path, cores: int, kind: str = "quadratic", context: 
     if not cache.is_file():
         save_samples(cache, pooled)
     files = training_masks(mask_files(data / "ms-lesion-masks"))
-    return fit_models(pooled, files, kind, context, size_weight)
+    model = fit_models(pooled, files, kind, context, size_weight)
+    if size_weight != 0:   # the other contrast sets' models are voxel-wise already
+        balanced = {cs: parts for cs, parts in pooled.items() if cs in SIZE_BALANCED_SETS}
+        model["evidence_models"] = fit_models(balanced, files, kind, context, 0.0)["models"]
+    return model
 
 
 #: One case's samples: features, labels, weights and the volume (mm^3) of each positive's lesion.
@@ -304,8 +310,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.stage in ("all", "voxels"):
         model = build(args.data, args.work, args.cores, args.kind, args.context, args.size_weight)
-        if args.size_weight != 0:   # the voxel evidence models (voxel-wise weights) of the same samples
-            model["evidence_models"] = build(args.data, args.work, args.cores, args.kind, args.context, 0.0)["models"]
         args.out.write_text(json.dumps(model) + "\n")
     if args.stage in ("all", "components"):
         model = build_components(args.data, args.work, args.cores, args.out)
