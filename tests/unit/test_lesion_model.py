@@ -119,3 +119,42 @@ def test_evidence_models_replace_the_segmentation_models_only_for_their_contrast
     assert set(ev) == set(seg) and ev[full].threshold == 0.123
     assert all(ev[cs].threshold == seg[cs].threshold for cs in seg if cs != full)
     assert all(m.threshold != 0.123 for m in load_models(text2).values())
+
+
+def test_samples_cache_key_covers_every_module_the_samples_import() -> None:
+    """The training-samples cache is keyed on ``SAMPLE_MODULES``: every package module that
+    lesion_training can import (statically, function-level imports included) must be in it, so
+    that no cache survives a change to code that makes the samples."""
+    import ast
+    from pathlib import Path
+
+    from msimaging.bench.lesion_training import PACKAGE, SAMPLE_MODULES
+
+    def path_of(name: str) -> Path | None:
+        p = PACKAGE.joinpath(*name.split(".")[1:])
+        for cand in (p / "__init__.py", p.with_suffix(".py")):
+            if cand.is_file():
+                return cand
+        return None
+
+    seen: set[Path] = set()
+    todo = [PACKAGE / "bench" / "lesion_training.py"]
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        for node in ast.walk(ast.parse(f.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("msimaging"):
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("msimaging")]
+            for n in names:
+                parts = n.split(".")
+                for i in range(1, len(parts) + 1):      # every package on the way is imported too
+                    p = path_of(".".join(parts[:i]))
+                    if p is not None:
+                        todo.append(p)
+    closure = {p.relative_to(PACKAGE).as_posix() for p in seen}
+    assert closure <= set(SAMPLE_MODULES), sorted(closure - set(SAMPLE_MODULES))

@@ -144,15 +144,35 @@ def weighted_dice(p: np.ndarray, y: np.ndarray, w: np.ndarray, t: float) -> floa
     return 2 * tp / max(float(w[pred].sum() + w[y > 0].sum()), 1e-9)
 
 
+#: The package modules that make the training samples (the static import closure of this module,
+#: function-level imports included; checked by tests/unit/test_lesion_training.py): the samples
+#: cache is keyed on these, the package's data files, the pipeline's preparation
+#: (:func:`msimaging.bench.realdata.code_digest`) and the whole default config, so that editing a
+#: later step (the Gd+ detector, change detection) does not cost a 12-minute rebuild.
+SAMPLE_MODULES = (
+    "__init__.py", "bench/__init__.py", "bench/lesion_training.py", "bench/lesions.py", "bench/realdata.py",
+    "bids.py", "config.py", "endpoints.py", "evaluate.py", "geometry.py", "implant.py", "io.py", "layout.py",
+    "lesion_model.py", "lesion_prior.py", "lesions.py", "morphology.py", "phantom.py", "preprocess.py", "qc.py",
+    "register.py", "resources.py", "segment.py", "template.py",
+)
+
+
 def samples_digest() -> str:
-    """sha256 of every package source but the model file (samples are made by all of them)."""
+    """sha256 (16 hex digits) of what makes the training samples (``SAMPLE_MODULES``, every package
+    data file but the model file, the preparation's digest and the default config)."""
     import hashlib
 
+    from msimaging.bench.realdata import _config_text, code_digest
+
     h = hashlib.sha256()
-    for p in sorted(PACKAGE.rglob("*")):
-        if p.is_file() and p.name != "lesion_model.json" and "__pycache__" not in p.parts:
-            h.update(p.relative_to(PACKAGE).as_posix().encode())
-            h.update(p.read_bytes())
+    files = [PACKAGE / m for m in SAMPLE_MODULES]
+    files += [p for p in sorted(PACKAGE.rglob("*")) if p.is_file() and p.suffix != ".py"
+              and p.name != "lesion_model.json" and "__pycache__" not in p.parts]
+    for p in files:
+        h.update(p.relative_to(PACKAGE).as_posix().encode())
+        h.update(p.read_bytes())
+    h.update(code_digest().encode())
+    h.update(_config_text(frozenset()))
     return h.hexdigest()[:16]
 
 
