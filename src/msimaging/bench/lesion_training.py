@@ -145,9 +145,9 @@ def weighted_dice(p: np.ndarray, y: np.ndarray, w: np.ndarray, t: float) -> floa
 
 
 #: The package modules that make the training samples (the static import closure of this module,
-#: function-level imports included; checked by tests/unit/test_lesion_training.py): the samples
+#: function-level imports included; checked by tests/unit/test_lesion_model.py): the samples
 #: cache is keyed on these, the package's data files, the pipeline's preparation
-#: (:func:`msimaging.bench.realdata.code_digest`) and the whole default config, so that editing a
+#: (:func:`msimaging.bench.realdata.code_digest`) and the config sections they read, so that editing a
 #: later step (the Gd+ detector, change detection) does not cost a 12-minute rebuild.
 SAMPLE_MODULES = (
     "__init__.py", "bench/__init__.py", "bench/lesion_training.py", "bench/lesions.py", "bench/realdata.py",
@@ -159,10 +159,11 @@ SAMPLE_MODULES = (
 
 def samples_digest() -> str:
     """sha256 (16 hex digits) of what makes the training samples (``SAMPLE_MODULES``, every package
-    data file but the model file, the preparation's digest and the default config)."""
+    data file but the model file, the preparation's digest and the default config but the
+    sections of the Gd+ detector and the longitudinal steps)."""
     import hashlib
 
-    from msimaging.bench.realdata import _config_text, code_digest
+    from msimaging.bench.realdata import CONFIG_AFTER_SEGMENTATION, _config_text, code_digest
 
     h = hashlib.sha256()
     files = [PACKAGE / m for m in SAMPLE_MODULES]
@@ -172,7 +173,7 @@ def samples_digest() -> str:
         h.update(p.relative_to(PACKAGE).as_posix().encode())
         h.update(p.read_bytes())
     h.update(code_digest().encode())
-    h.update(_config_text(frozenset()))
+    h.update(_config_text(frozenset({"enhancing", *CONFIG_AFTER_SEGMENTATION})))
     return h.hexdigest()[:16]
 
 
