@@ -94,6 +94,7 @@ class EnhancingRules:
     mirror_max_volume_mm3: float = 100.0  # ... and smaller than this is a paired vein, not a lesion
     max_symmetric_fraction: float = 0.6  # any size: more than this fraction mirrored is symmetric anatomy
     t2_split_voxels: float = 1.0    # rejected candidates: a second look, split where they leave the T2 lesions (0: off)
+    t2_support_probability: float = 0.5  # with the T2-lesion model: T2 lesions whose peak probability is below this are no support
     min_volume_mm3: float = 10.0
 
     @classmethod
@@ -173,6 +174,23 @@ def tubularity(z: np.ndarray, affine: np.ndarray, box: tuple[slice, ...], comp: 
         if strength > best_strength:
             best_strength, best = strength, float(1.0 - min(np.median(rb), 1.0))
     return best
+
+
+def supported_lesions(t2_lesions: np.ndarray, t2_probability: np.ndarray | None, min_peak: float) -> np.ndarray:
+    """The T2 lesions (connected components) whose peak T2-model voxel probability reaches ``min_peak``.
+
+    The probability is the voxel-wise evidence model's (0.5 at its threshold): a T2 lesion with no
+    voxel above it was kept on weaker evidence (a size-balanced segmentation model keeps small
+    faint components) and does not make an enhancing candidate lesion-like. Without a probability,
+    or with ``min_peak`` 0, every lesion supports.
+    """
+    t2_lesions = np.asarray(t2_lesions, dtype=bool)
+    if t2_probability is None or min_peak <= 0 or not t2_lesions.any():
+        return t2_lesions
+    lab, n = ndi.label(t2_lesions, structure=CONNECTIVITY)
+    peak = ndi.maximum(np.asarray(t2_probability, np.float32), lab, index=np.arange(1, n + 1))
+    keep = np.concatenate([[False], np.asarray(peak) >= min_peak])
+    return keep[lab]
 
 
 def split_at_lesions(labels: np.ndarray, t2_lesions: np.ndarray, margin_voxels: int, affine: np.ndarray,
@@ -354,17 +372,21 @@ def detect(
         mirrored = resample_array((labels > 0).astype(np.float32), affine, grid, mirror) >= 0.5
         if rules.mirror_margin_mm > 0:
             mirrored = dilate_mm(mirrored, rules.mirror_margin_mm, affine)
-    evidence = candidate_evidence(labels, z, affine, images, nawm, near_csf, t2_lesions, wm_prior,
+    # T2 lesions the T2-lesion model's voxel-wise probability supports: they make a candidate
+    # lesion-like and give rejected candidates their second look
+    support = None if t2_lesions is None else supported_lesions(t2_lesions, t2_probability,
+                                                                 rules.t2_support_probability)
+    evidence = candidate_evidence(labels, z, affine, images, nawm, near_csf, support, wm_prior,
                                   t2_probability, mirrored)
     lut, candidates = _decide(evidence, rules)
     accepted = lut[labels]
-    if t2_lesions is not None and rules.t2_split_voxels > 0:
+    if support is not None and rules.t2_split_voxels > 0:
         # a second look at rejected candidates: split where they leave the T2 lesions, each part
         # judged on its own (a lesion that enhancement joined to a vessel or the choroid plexus)
-        parts = split_at_lesions(np.where(accepted, 0, labels), np.asarray(t2_lesions, bool),
+        parts = split_at_lesions(np.where(accepted, 0, labels), support,
                                  int(rules.t2_split_voxels), affine, min_rules)
         if parts.max() > 0:
-            part_evidence = candidate_evidence(parts, z, affine, images, nawm, near_csf, t2_lesions, wm_prior,
+            part_evidence = candidate_evidence(parts, z, affine, images, nawm, near_csf, support, wm_prior,
                                                t2_probability, mirrored)
             part_lut, part_candidates = _decide(part_evidence, rules, first_id=int(labels.max()) + 1)
             boxes = ndi.find_objects(parts)

@@ -95,3 +95,40 @@ def test_a_lesion_joined_to_a_vessel_is_found_on_a_second_look():
     assert (found & ~les & ~other).sum() * np.prod([1.2, 1.2, 2.0]) < 30.0   # ... not the vein
     parts = [c for c in split.candidates if "part_of" in c]
     assert len(parts) == 2 and sum(c["accepted"] for c in parts) == 1
+
+
+def test_supported_lesions_keeps_the_t2_lesions_the_model_supports() -> None:
+    from msimaging.enhancing import supported_lesions
+
+    t2 = np.zeros((20, 20, 20), bool)
+    t2[2:5, 2:5, 2:5] = True          # a lesion with one voxel at 0.9
+    t2[10:14, 10:14, 10:14] = True    # a lesion whose voxels all stay below the model's threshold
+    prob = np.where(t2, 0.3, 0.0).astype(np.float32)
+    prob[3, 3, 3] = 0.9
+    kept = supported_lesions(t2, prob, 0.5)
+    assert kept[2:5, 2:5, 2:5].all() and not kept[10:14, 10:14, 10:14].any()
+    assert (supported_lesions(t2, prob, 0.0) == t2).all()      # 0: every lesion
+    assert (supported_lesions(t2, None, 0.5) == t2).all()      # no model: every lesion
+
+
+def test_a_t2_lesion_without_model_support_gives_no_second_look():
+    """The vessel-joined lesion of the test above, with the T2-lesion model's voxel probability
+    below its threshold on the T2 lesion: the lesion is not evidence, the candidate stays rejected;
+    with the probability above it on one voxel the second look finds it."""
+    rng = np.random.default_rng(5)
+    t1, ce, _, brain, _, _ = _head(rng)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij"), -1).astype(float)
+    p = (ijk - (np.asarray(SHAPE) - 1) / 2) * np.array([1.2, 1.2, 2.0])
+    tube = (np.hypot(p[..., 0] + 2.0, p[..., 2] + 10.0) < 1.2) & (np.abs(p[..., 1]) < 16)
+    t1[tube] = 0.85 + rng.normal(0, 0.02, int(tube.sum()))
+    les = np.linalg.norm(p - np.array([-2.0, 10.0, -10.0]), axis=-1) < 3.5
+    t1[les] = 0.62 + rng.normal(0, 0.02, int(les.sum()))
+    ce[les] = 1.35 * 1.15 + rng.normal(0, 0.02, int(les.sum()))
+    # the probability the rules read (90th percentile >= lesion_like_probability would exempt
+    # the candidate by itself): 0.45 on the lesion, one voxel at `peak`
+    rules = EnhancingRules(min_t2_probability=0.0)
+    for peak, found in ((0.45, False), (0.6, True)):
+        prob = np.where(les, 0.45, 0.0).astype(np.float32)
+        prob[tuple(np.argwhere(les)[0])] = peak
+        det = detect(ce, t1, AFFINE, brain, rules, LesionRules(), t2_lesions=les, t2_probability=prob)
+        assert bool((det.labels[les] > 0).mean() > 0.7) is found, peak
