@@ -109,16 +109,9 @@ def test_evidence_models_replace_the_segmentation_models_only_for_their_contrast
     text = (Path(__file__).resolve().parents[2] / "src" / "msimaging" / "data" / "lesion_model.json").read_text()
     d = json.loads(text)
     seg = load_models(text)
-    if "evidence_models" not in d:         # a voxel-wise file: one set of models
+    if "evidence_models" not in d:         # the shipped file is voxel-wise: one set of models
         assert {cs: m.threshold for cs, m in bundled_evidence_models().items()} == \
             {cs: m.threshold for cs, m in bundled_models().items()}
-    else:                                  # the shipped file: size-balanced where SIZE_BALANCED_SETS says
-        from msimaging.bench.lesion_training import SIZE_BALANCED_SETS, SIZE_WEIGHT
-
-        weight = {tuple(m["contrasts"]): m["info"]["size_weight"] for m in d["models"]}
-        assert weight == {cs: SIZE_WEIGHT if cs in SIZE_BALANCED_SETS else 0.0 for cs in weight}
-        assert all(m["info"]["size_weight"] == 0.0 for m in d["evidence_models"])
-        assert {tuple(m["contrasts"]) for m in d["evidence_models"]} == set(SIZE_BALANCED_SETS)
     full = ("FLAIR", "T2w", "T1w")
     other = [dict(m, threshold=0.123) for m in d["models"] if tuple(m["contrasts"]) == full]
     text2 = json.dumps({**d, "evidence_models": other})
