@@ -70,11 +70,9 @@ def test_elongation_of_a_tube_and_a_ball():
     assert elongation(tube) > 4.0 > 1.5 > elongation(ball)
 
 
-def test_a_lesion_joined_to_a_vessel_is_found_on_a_second_look():
-    """Enhancement grows along a vein into a lesion on it: the one candidate is tubular and rejected
-    whole; split where it leaves the T2 lesion, the lesion's part is judged on its own."""
-    from dataclasses import replace
-
+def _lesion_on_a_vein():
+    """The head of :func:`_head` with an enhancing lesion on its deep vein: T1w, ce-T1w, brain, the
+    head's own enhancing lesion, and the lesion on the vein."""
     rng = np.random.default_rng(5)
     t1, ce, _, brain, other, _ = _head(rng)
     ijk = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij"), -1).astype(float)
@@ -85,6 +83,15 @@ def test_a_lesion_joined_to_a_vessel_is_found_on_a_second_look():
     les = np.linalg.norm(p - np.array([-2.0, 10.0, -10.0]), axis=-1) < 3.5     # on the vessel
     t1[les] = 0.62 + rng.normal(0, 0.02, int(les.sum()))
     ce[les] = 1.35 * 1.15 + rng.normal(0, 0.02, int(les.sum()))
+    return t1, ce, brain, other, les
+
+
+def test_a_lesion_joined_to_a_vessel_is_found_on_a_second_look():
+    """Enhancement grows along a vein into a lesion on it: the one candidate is tubular and rejected
+    whole; split where it leaves the T2 lesion, the lesion's part is judged on its own."""
+    from dataclasses import replace
+
+    t1, ce, brain, other, les = _lesion_on_a_vein()
     rules = EnhancingRules()
     whole = detect(ce, t1, AFFINE, brain, replace(rules, t2_split_voxels=0.0), LesionRules(), t2_lesions=les)
     assert not (whole.labels[les] > 0).any()
@@ -115,15 +122,7 @@ def test_a_t2_lesion_without_model_support_gives_no_second_look():
     """The vessel-joined lesion of the test above, with the T2-lesion model's voxel probability
     below its threshold on the T2 lesion: the lesion is not evidence, the candidate stays rejected;
     with the probability above it on one voxel the second look finds it."""
-    rng = np.random.default_rng(5)
-    t1, ce, _, brain, _, _ = _head(rng)
-    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij"), -1).astype(float)
-    p = (ijk - (np.asarray(SHAPE) - 1) / 2) * np.array([1.2, 1.2, 2.0])
-    tube = (np.hypot(p[..., 0] + 2.0, p[..., 2] + 10.0) < 1.2) & (np.abs(p[..., 1]) < 16)
-    t1[tube] = 0.85 + rng.normal(0, 0.02, int(tube.sum()))
-    les = np.linalg.norm(p - np.array([-2.0, 10.0, -10.0]), axis=-1) < 3.5
-    t1[les] = 0.62 + rng.normal(0, 0.02, int(les.sum()))
-    ce[les] = 1.35 * 1.15 + rng.normal(0, 0.02, int(les.sum()))
+    t1, ce, brain, _, les = _lesion_on_a_vein()
     # the probability the rules read (90th percentile >= lesion_like_probability would exempt
     # the candidate by itself): 0.45 on the lesion, one voxel at `peak`
     rules = EnhancingRules(min_t2_probability=0.0)
