@@ -392,10 +392,13 @@ def choose_growth(lesions: np.ndarray, affine: np.ndarray, n: int, rng: np.rando
 
 def observed_contrast(after: np.ndarray, before: np.ndarray, truth: np.ndarray, affine: np.ndarray,
                       wm: np.ndarray) -> list[dict[str, Any]]:
-    """Per implanted component (on the FLAIR grid): volume and observed contrast (the operator of
-    :func:`measure_change_contrast`: excess over the local NAWM of the image before implanting)."""
+    """Per implanted component (on the FLAIR grid): volume and observed contrast, with the operators
+    of :func:`measure_change_contrast`: ``excess`` over the local NAWM of the image before implanting
+    and ``brightening``, the 90th percentile of the increase (after - before) over that NAWM."""
     nawm = local_nawm(before, wm, affine)
-    return [{"component": i, "volume_mm3": volume, "excess": round(fractional_excess_p90(after[box], nawm[box], comp), 4)}
+    increase = np.asarray(after, np.float32) - np.asarray(before, np.float32)
+    return [{"component": i, "volume_mm3": volume, "excess": round(fractional_excess_p90(after[box], nawm[box], comp), 4),
+             "brightening": round(float(np.percentile(increase[box][comp] / np.maximum(nawm[box][comp], 1e-6), 90)), 4)}
             for i, box, comp, volume in components(truth, affine)]
 
 

@@ -81,3 +81,21 @@ def test_pasted_lesions_are_implanted_where_placed():
     ijk = np.argwhere(truth).mean(axis=0)
     assert np.linalg.norm((ijk - np.array([30, 34, 10])) * np.array([0.9, 0.9, 3.0])) < 3.0
     assert out["FLAIR"][0][truth].mean() > img[truth].mean() * 1.2
+
+
+def test_observed_brightening_is_the_change_not_the_follow_up_excess():
+    """A new lesion placed on tissue already 15 % above NAWM that rises by 20 % of NAWM: its excess
+    at the follow-up is about 0.35, its brightening (what the calibration of the real-background
+    set matches to sub-p12's real changes) about 0.20."""
+    from msimaging.implant_longitudinal import observed_contrast
+
+    rng = np.random.default_rng(0)
+    before = 100.0 + rng.normal(0, 0.5, SHAPE)
+    wm = np.ones(SHAPE, bool)
+    blob = np.zeros(SHAPE, bool)
+    blob[28:36, 28:36, 9:12] = True
+    before[blob] += 15.0
+    after = before + 20.0 * blob
+    row, = observed_contrast(after.astype(np.float32), before.astype(np.float32), blob, AFFINE, wm & ~blob)
+    assert abs(row["brightening"] - 0.20) < 0.02, row
+    assert abs(row["excess"] - 0.35) < 0.03, row

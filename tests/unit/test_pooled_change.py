@@ -132,3 +132,24 @@ def test_a_faint_new_lesion_needs_the_t2w_to_confirm_it():
     again = _phantom(STABLE, AFFINE, SHAPE, rng, gain=1.1, bias=0.05)
     clean, _ = compare_visits(_with_t2(again, plain_t2), _with_t2(base, base_t2), ident, GAIN)
     assert count_status(clean, "new") == 0 and count_status(clean, "enlarging") == 0
+
+
+def test_oracle_evidence_pools_each_change_and_the_null_is_centred_on_zero():
+    from msimaging.bench.activity_real import null_evidence, oracle_evidence
+
+    rng = np.random.default_rng(0)
+    shape = (30, 30, 12)
+    dz = rng.standard_normal(shape).astype(np.float32)
+    truth = np.zeros(shape, bool)
+    truth[5:8, 5:8, 5] = True                      # 9 voxels, +2 each: pooled 2 x 9 / 3 = 6 above the noise
+    truth[20:22, 20:22, 8] = True                  # 4 voxels, no change
+    dz[5:8, 5:8, 5] = 2.0
+    maps = PairMaps(*(np.zeros(shape, np.float32),) * 2, dz, dz, *(np.ones(shape, bool),) * 2,
+                    ref_labels=np.zeros(shape, np.int32), sigma_d=1.0)
+    rows = oracle_evidence(maps, None, truth)
+    assert [r["voxels"] for r in rows] == [9, 4]
+    assert rows[0]["flair_z"] == 6.0 and abs(rows[1]["flair_z"]) < 3.0 and np.isnan(rows[0]["t2_z"])
+    normal = np.ones(shape, bool)
+    normal[5:8, 5:8, 5] = False
+    null = null_evidence(maps, maps, normal, [np.argwhere(truth[5:8, 5:8, 5:6])], 400, seed=1)
+    assert len(null) > 300 and abs(float(np.mean(null[:, 0]))) < 0.2 and 0.7 < float(np.std(null[:, 0])) < 1.3

@@ -384,9 +384,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 figures.update({f"refpath_{k}": v for k, v in p12_figures(p12).items()})
         else:
             print(f"{p12}: not present; sub-p12 figures skipped")
-    for k, v in figures.items():
-        if k not in ("per_pair", "per_session", "gd_implant_rows"):
-            print(f"{k:<44}{v:.3f}" if isinstance(v, float) else f"{k:<44}{v}")
+    shown = {k: v for k, v in figures.items() if k not in ("per_pair", "per_session", "gd_implant_rows", "detectability")}
+    # what each change holds where it is (oracle localisation) against the null of no-change pairs
+    shown.update({f"detectability_{k}": v for k, v in figures.get("detectability", {}).items()
+                  if not isinstance(v, list)})
+    for k, v in shown.items():
+        print(f"{k:<44}{v:.3f}" if isinstance(v, float) else f"{k:<44}{v}")
     return figures
 
 
