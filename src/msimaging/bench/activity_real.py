@@ -277,8 +277,9 @@ def _to_grid(mask: np.ndarray, affine: np.ndarray, grid: Grid) -> np.ndarray:
     return resample_array(np.asarray(mask, np.float32), affine, grid, None, "linear") >= 0.5
 
 
-def contrast_bin(excess: float) -> str:
-    return "<0.15" if excess < 0.15 else "0.15-0.25" if excess < 0.25 else ">=0.25"
+def contrast_bin(brightening: float) -> str:
+    """Bin of an implant's FLAIR brightening (90th percentile of its increase over local NAWM)."""
+    return "<0.15" if brightening < 0.15 else "0.15-0.25" if brightening < 0.25 else ">=0.25"
 
 
 def size_bin(volume_mm3: float) -> str | None:
@@ -320,6 +321,7 @@ def score_masks(case: Path, ses: str, new_p: np.ndarray, enl_p: np.ndarray, aff:
         comp = _to_grid(t_new == i, truth["new"][1], grid)
         row = observed.get(i, {"volume_mm3": float((t_new == i).sum() * t_vox), "excess": float("nan")})
         out["new_truth"].append({"volume_mm3": row["volume_mm3"], "excess": row["excess"],
+                                 "brightening": row.get("brightening", float("nan")),
                                  "found": bool((new_p & comp).any()),
                                  "found_any_status": bool(((new_p | enl_p) & comp).any())})
     t_enl, n_enl = _components(truth["enlarging"][0])
@@ -358,8 +360,8 @@ def summarise(scores: dict[str, dict[str, Any]]) -> dict[str, Any]:
         k, n, r = _recall([x for x in new_rows if size_bin(x["volume_mm3"]) == b])
         fig[f"new_recall_size_{b}"] = f"{k}/{n} ({r:.2f})" if n else "0/0"
     for b in ("<0.15", "0.15-0.25", ">=0.25"):
-        k, n, r = _recall([x for x in new_rows if contrast_bin(x["excess"]) == b])
-        fig[f"new_recall_contrast_{b}"] = f"{k}/{n} ({r:.2f})" if n else "0/0"
+        k, n, r = _recall([x for x in new_rows if contrast_bin(x["brightening"]) == b])
+        fig[f"new_recall_brightening_{b}"] = f"{k}/{n} ({r:.2f})" if n else "0/0"
     k, n, r = _recall(enl_rows)
     fig["enlarging_recall"] = r
     fig["enlarging_found"] = f"{k}/{n}"
