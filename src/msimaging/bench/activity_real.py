@@ -23,8 +23,9 @@ partial volume, have that median brightening. (Case version 4 and earlier matche
 then needed almost no increase, and two thirds of the implants brightened less than any real
 change of sub-p12: 90th-percentile increase 0.03-0.18, median 0.08, against 0.14-0.46, median 0.21.)
 The pipeline (:func:`realdata.pipeline_run`) runs once on the dataset (cached by a digest of code
-and inputs) up to the longitudinal rules; the bench then calls the rules' own functions on its outputs (:func:`msimaging.longitudinal.run_compare`,
-:func:`msimaging.atrophy.run_measure`) with the default config. No truth transform, brain mask or
+and inputs) up to the longitudinal rules; the bench then calls the rules' own functions on its
+outputs (:func:`msimaging.longitudinal.run_compare`, :func:`msimaging.atrophy.run_measure`) with the
+default config. No truth transform, brain mask or
 prior is given to the pipeline: the truth is only used for scoring.
 
 Scoring (lesion-wise, 26-connected, on each follow-up's grid): a truth lesion is found when a
