@@ -74,7 +74,7 @@ def brightening_components(change: np.ndarray, flair1: np.ndarray, flair2: np.nd
     return out
 
 SUBJECT = "p12"
-CASE_VERSION = "5"
+CASE_VERSION = "6"
 CONTRASTS = ("FLAIR", "T1w", "T2w")
 #: (session, background, implants, header shift RAS mm, rotation deg, shift mm, seed)
 SESSIONS = (
@@ -122,6 +122,9 @@ def reference_on_raw(root: Path) -> dict[str, Any]:
     data2, aff2 = io.read_image(root / "sub-p12" / "ses-02" / "anat" / "sub-p12_ses-02_FLAIR.nii.gz")
     out["bright_02"] = resample_array(bright.astype(np.float32), aff_c, Grid(data2.shape, aff2),
                                       common_to_session(out["xfm_02"])) >= 0.25
+    # the other reference changes (shrinking, resolving): no implant goes there either
+    out["dark_02"] = resample_array((np.asarray(change, bool) & ~bright).astype(np.float32), aff_c,
+                                    Grid(data2.shape, aff2), common_to_session(out["xfm_02"])) >= 0.25
     out["contrast"] = measure_change_contrast(flairs["02"], flairs["01"], bright, brain_c, aff_c)
     return out
 
@@ -173,6 +176,7 @@ def build_case(root: Path, work: Path, seed: int = 0, per_bin: int = 4, n_growth
             images = dict(raw["02"])
             brain = reference["brain_02"]
             allowed = reference["bright_02"]
+            real_changes = allowed | reference["dark_02"]
         else:
             f_aff = raw["01"]["FLAIR"][1]
             centre = np.argwhere(reference["brain_01"]).mean(axis=0)
@@ -183,6 +187,7 @@ def build_case(root: Path, work: Path, seed: int = 0, per_bin: int = 4, n_growth
             images = reposition(raw["01"], motion, header, seed=seed * 100 + s_seed)
             brain, _ = shift_header(reference["brain_01"], f_aff, motion, header)
             allowed = np.zeros(brain.shape, bool)
+            real_changes = allowed
         flair, f_aff = images["FLAIR"]
         info: dict[str, Any] = {"background": background, "header_shift_mm": header, "rotation_deg": rot}
         new_truth = np.zeros(flair.shape, bool)
@@ -190,12 +195,14 @@ def build_case(root: Path, work: Path, seed: int = 0, per_bin: int = 4, n_growth
         if implants:
             wm, _ = white_matter(flair, f_aff, brain)
             existing = bright_lesions(flair, f_aff, brain, wm)
-            chosen = choose_growth(existing, f_aff, n_growth, rng, avoid=allowed)
+            # never on a lesion that really changed between the visits (a shell on a lesion that
+            # shrank would be "enlarging" truth on a lesion that measures smaller)
+            chosen = choose_growth(existing, f_aff, n_growth, rng, avoid=real_changes)
             before = flair.copy()
             images, enl_truth, rows = implant_growth(images, existing, chosen, brain, profile)
             info["enlarging"] = rows
             comps = lesion_components(masks, per_bin=per_bin, seed=seed * 100 + s_seed)
-            avoid = (existing > 0) | enl_truth | allowed
+            avoid = (existing > 0) | enl_truth | real_changes
             centres = choose_centres(wm, f_aff, len(comps), rng, avoid=avoid)
             groups = ("faint", "typical")
             info["new"] = []
