@@ -463,12 +463,13 @@ def null_evidence(maps: Any, confirm: Any, normal: np.ndarray, shapes: list[np.n
     return np.asarray(out, dtype=np.float64).reshape(-1, 2)
 
 
-def detectability(root: Path, case: Path, out: Path, cfg: dict) -> dict[str, Any]:
+def detectability(root: Path, case: Path, out: Path, cfg: dict, reference: dict[str, Any]) -> dict[str, Any]:
     """Oracle evidence of sub-p12's real brightening changes and of the implanted new lesions, and
     its null on the no-change pairs (the same shapes at random white-matter positions).
 
     The pair maps are the compare_visits rule's (:func:`msimaging.longitudinal.pair_maps`,
-    :func:`~msimaging.longitudinal.confirmation_maps`) on the pipeline's outputs.
+    :func:`~msimaging.longitudinal.confirmation_maps`) on the pipeline's outputs; ``reference`` is
+    :func:`reference_on_raw` of ``root``.
     """
     from msimaging import io
     from msimaging.geometry import read_transform
@@ -486,7 +487,6 @@ def detectability(root: Path, case: Path, out: Path, cfg: dict) -> dict[str, Any
 
     fig: dict[str, Any] = {}
     fu, m, c = maps_of("02")
-    reference = reference_on_raw(root)
     raw_aff = io.read_image(root / "sub-p12" / "ses-02" / "anat" / "sub-p12_ses-02_FLAIR.nii.gz")[1]
     bright = _to_grid(reference["bright_02"], raw_aff, fu.grid)
     fig["p12_oracle"] = oracle_evidence(m, c, bright)
@@ -533,10 +533,11 @@ def real_figures(root: Path, work: Path, cfg: dict | None = None, seed: int = 0)
     compared = compare_sessions(out, work / f"compare-{out.name}", cfg)
     scores = {ses: score_session(case, d, ses) for ses, d in compared.items()}
     fig = summarise(scores)
-    fig.update(p12_real_score(root, compared["02"], reference_on_raw(root)))
+    reference = reference_on_raw(root)
+    fig.update(p12_real_score(root, compared["02"], reference))
     measured = json.loads((case / "case.json").read_text())["contrast_measured"]
     fig["real_contrast_quartiles"] = measured["excess_quartiles"]
     fig["real_brightening_quartiles"] = measured["brightening_quartiles"]
     fig["per_session"] = scores
-    fig["detectability"] = detectability(root, case, out, cfg)
+    fig["detectability"] = detectability(root, case, out, cfg, reference)
     return fig
