@@ -388,8 +388,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # what each change holds where it is (oracle localisation) against the null of no-change pairs
     shown.update({f"detectability_{k}": v for k, v in figures.get("detectability", {}).items()
                   if not isinstance(v, list)})
+    width = max([44, *(len(k) + 2 for k in shown)])
     for k, v in shown.items():
-        print(f"{k:<44}{v:.3f}" if isinstance(v, float) else f"{k:<44}{v}")
+        print(f"{k:<{width}}{v:.3f}" if isinstance(v, float) else f"{k:<{width}}{v}")
     return figures
 
 
