@@ -99,6 +99,12 @@ def fractional_excess_p90(image: np.ndarray, nawm: np.ndarray, mask: np.ndarray)
     return float(np.percentile(v, 90)) if v.size else float("nan")
 
 
+def fractional_increase_p90(after: np.ndarray, before: np.ndarray, nawm: np.ndarray, mask: np.ndarray) -> float:
+    """The change-contrast operator (brightening): 90th percentile of (after - before) / local NAWM."""
+    v = (np.asarray(after, np.float32)[mask] - np.asarray(before, np.float32)[mask]) / np.maximum(nawm[mask], 1e-6)
+    return float(np.percentile(v, 90)) if v.size else float("nan")
+
+
 # --- contrast of real new lesions ------------------------------------------------------------------
 
 
@@ -131,8 +137,7 @@ def measure_change_contrast(flair2: np.ndarray, flair1: np.ndarray, bright: np.n
     for _, box, comp, volume in components(bright, affine):
         rows.append({"volume_mm3": volume,
                      "excess": round(fractional_excess_p90(flair2[box], nawm2[box], comp), 4),
-                     "brightening": round(float(np.percentile(
-                         (flair2[box][comp] - f1[box][comp]) / np.maximum(nawm2[box][comp], 1e-6), 90)), 4)})
+                     "brightening": round(fractional_increase_p90(flair2[box], f1[box], nawm2[box], comp), 4)})
     ex = np.asarray([r["excess"] for r in rows]) if rows else np.zeros(1)
     br = np.asarray([r["brightening"] for r in rows]) if rows else np.zeros(1)
     return {"components": rows, "excess_quartiles": [round(float(q), 4) for q in np.percentile(ex, [25, 50, 75])],
@@ -396,13 +401,12 @@ def observed_contrast(after: np.ndarray, before: np.ndarray, truth: np.ndarray, 
     of :func:`measure_change_contrast`: ``excess`` over the local NAWM of the image before implanting
     and ``brightening``, the 90th percentile of the increase (after - before) over that NAWM."""
     nawm = local_nawm(before, wm, affine)
-    increase = np.asarray(after, np.float32) - np.asarray(before, np.float32)
     return [{"component": i, "volume_mm3": volume, "excess": round(fractional_excess_p90(after[box], nawm[box], comp), 4),
-             "brightening": round(float(np.percentile(increase[box][comp] / np.maximum(nawm[box][comp], 1e-6), 90)), 4)}
+             "brightening": round(fractional_increase_p90(after[box], before[box], nawm[box], comp), 4)}
             for i, box, comp, volume in components(truth, affine)]
 
 
 __all__ = ["SIZE_BINS_MM3", "measure_change_contrast", "reposition", "head_motion", "shift_header",
            "lesion_components", "choose_centres", "paste", "implant_new", "implant_growth", "choose_growth",
            "growth_radius_mm", "white_matter", "bright_lesions", "noise_sigma", "observed_contrast",
-           "fractional_excess_p90", "Placed"]
+           "fractional_excess_p90", "fractional_increase_p90", "Placed"]
