@@ -1,4 +1,4 @@
-"""Voxel lesion classifier: boosted trees (or logistic regressions) on multi-contrast evidence.
+"""Voxel lesion classifier: logistic regressions (or boosted trees) on multi-contrast evidence.
 
 Real lesions are faint: on sub-p07 the median lesion voxel is +26 % over local NAWM on FLAIR
 while grey matter is +20 % (SD 14 %); T2w separates them better (+67 % vs +29 %) and on T1w they
@@ -14,16 +14,16 @@ The model combines, per voxel, the evidence the segmentation computes anyway:
 
 Three model kinds read the same features (each model names the ones it uses):
 
-* :class:`TreeModel` (what ships, with the context features): gradient-boosted oblivious
-  decision trees (200 trees of depth 6 on the logistic loss). Trees take any shape of response
-  and any interaction (bright *and* in white matter, bright *and* T1w-dark, faint *but* next to a
+* :class:`LogisticModel` (what ships): all pairwise products of the features without context
+  (the quadratic model). It is not monotone: a very bright lesion can score lower than a faint
+  one (phantom ph3mm's +53 % FLAIR lesions). The component stage is this kind too.
+* :class:`TreeModel` (``lesion_training --kind trees --context``): gradient-boosted oblivious
+  decision trees (200 trees of depth 6 on the logistic loss). Trees take any shape of response and
+  any interaction (bright *and* in white matter, bright *and* T1w-dark, faint *but* next to a
   brighter core) and are constant beyond their training range. Measured on the held-out bench
-  against the quadratic model that shipped before (README): Dice +0.03 to +0.06 and lesion F1
-  +0.06 to +0.08 in every 1 mm load band, sub-p07 Dice 0.42 -> 0.50 and F1 0.55 -> 0.62, recall of
-  lesions < 30 mm^3 0.30 -> 0.37 (1 mm) and 0.37 -> 0.40 (thick).
-* :class:`LogisticModel`: all pairwise products of the features without context (the quadratic
-  model, shipped before the trees). It is not monotone: a very bright lesion can score lower than
-  a faint one (phantom ph3mm's +53 % FLAIR lesions). The component stage is this kind.
+  against the quadratic model (README, What is short): Dice +0.03 to +0.06 and lesion F1 +0.06 to
+  +0.08 in every 1 mm load band, sub-p07 Dice 0.42 -> 0.50 and F1 0.55 -> 0.62; not shipped
+  because the Gd+ detector, the phantoms and sub-p12's new lesions fare worse with its mask.
 * :class:`MonotoneModel` (``lesion_training --kind monotone``): the logit is an unconstrained
   quadratic of the location features (posteriors, priors, depth) plus, for each tissue gate
   ``g`` in (CSF, GM, WM posterior; non-negative, summing to 1), ``g`` times an additive
