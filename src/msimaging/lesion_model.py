@@ -121,8 +121,19 @@ def quadratic(x: np.ndarray) -> np.ndarray:
     return out
 
 
+class _Probability:
+    """A voxel model's lesion probability: the logistic function of its ``logit``."""
+
+    def logit(self, x: np.ndarray, chunk: int = 500_000) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Lesion probability of each row of base features ``x``."""
+        return (1.0 / (1.0 + np.exp(-np.clip(self.logit(x), -40, 40)))).astype(np.float32)
+
+
 @dataclass
-class LogisticModel:
+class LogisticModel(_Probability):
     """Quadratic logistic regression of one contrast set (weights on standardised features)."""
 
     contrasts: tuple[str, ...]
@@ -156,10 +167,6 @@ class LogisticModel:
             xs = np.asarray(x[i:i + chunk], np.float64)
             out[i:i + chunk] = c + xs @ b + np.einsum("ij,ij->i", xs @ u, xs)
         return out
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Lesion probability of each row of base features ``x``."""
-        return (1.0 / (1.0 + np.exp(-np.clip(self.logit(x), -40, 40)))).astype(np.float32)
 
     def to_json(self) -> dict[str, Any]:
         return {"contrasts": list(self.contrasts), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
@@ -349,7 +356,7 @@ def ramps(v: np.ndarray, breaks: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class MonotoneModel:
+class MonotoneModel(_Probability):
     """Voxel model monotone non-decreasing in the hyperintensity evidence.
 
     ``logit = constant + x_L.b + x_L.U.x_L + sum_terms gate * [max(0, -by)] * interp(feature, x, y)``
@@ -386,10 +393,6 @@ class MonotoneModel:
             out[i:i + chunk] = o
         return out
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Lesion probability of each row of base features ``x``."""
-        return (1.0 / (1.0 + np.exp(-np.clip(self.logit(x), -40, 40)))).astype(np.float32)
-
     def to_json(self) -> dict[str, Any]:
         return {"kind": "monotone", "contrasts": list(self.contrasts), "features": list(self.features),
                 "constant": self.constant, "location_features": list(LOCATION_FEATURES),
@@ -417,7 +420,7 @@ def model_from_json(d: Mapping[str, Any]) -> "LogisticModel | MonotoneModel | Tr
 # --- boosted oblivious trees ---------------------------------------------------------------------------
 
 @dataclass
-class TreeModel:
+class TreeModel(_Probability):
     """Gradient-boosted oblivious decision trees (logistic loss) of one contrast set.
 
     An oblivious tree asks the same question (``feature > threshold``) of every node of a level, so
@@ -457,10 +460,6 @@ class TreeModel:
                 acc += v[leaf]
             out[i:i + chunk] = acc
         return out
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Lesion probability of each row of base features ``x``."""
-        return (1.0 / (1.0 + np.exp(-np.clip(self.logit(x), -40, 40)))).astype(np.float32)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "trees", "contrasts": list(self.contrasts), "features": list(self.features),
