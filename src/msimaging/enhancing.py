@@ -259,6 +259,12 @@ def candidate_evidence(labels: np.ndarray, z: np.ndarray, affine: np.ndarray,
     return out
 
 
+#: The rules :func:`accept` reads: a change of these alone leaves the candidates and their evidence as they are.
+DECISION_RULES = ("min_flair_excess", "min_t2_excess", "min_excess_with_model", "min_t2_probability", "max_t1_excess",
+                  "max_elongation", "max_tubularity", "max_mirror_fraction", "mirror_max_volume_mm3",
+                  "max_symmetric_fraction", "lesion_like_probability", "max_csf_fraction", "min_wm_prior")
+
+
 def accept(f: Mapping[str, float], rules: EnhancingRules) -> tuple[bool, str]:
     """The decision on one candidate's evidence: (is a Gd+ lesion, the reason when not)."""
     # with the T2-lesion model the excess floors only drop the clearly not hyperintense: the model's
@@ -296,6 +302,7 @@ class Detection:
     labels: np.ndarray                       # int32 Gd+ lesions (0 background)
     candidates: list[dict[str, Any]]         # evidence, decision and reason per candidate
     candidate_labels: np.ndarray             # int32 candidates (ids of ``candidates``)
+    part_labels: np.ndarray | None = None    # int32 second-look parts (ids of ``candidates`` with ``part_of``)
 
 
 def detect(
@@ -380,6 +387,7 @@ def detect(
                                   t2_probability, mirrored)
     lut, candidates = _decide(evidence, rules)
     accepted = lut[labels]
+    part_labels = None
     if support is not None and rules.t2_split_voxels > 0:
         # a second look at rejected candidates: split where they leave the T2 lesions, each part
         # judged on its own (a lesion that enhancement joined to a vessel or the choroid plexus)
@@ -396,7 +404,8 @@ def detect(
                 c["part_of"] = int(labels[box][parts[box] == own].max())
             candidates += part_candidates
             accepted |= part_lut[parts]
-    return Detection(label_lesions(accepted, affine, min_rules), candidates, labels)
+            part_labels = np.where(parts > 0, parts + int(labels.max()), 0).astype(np.int32)
+    return Detection(label_lesions(accepted, affine, min_rules), candidates, labels, part_labels)
 
 
 def _decide(evidence: list[dict[str, float]], rules: EnhancingRules, first_id: int = 1

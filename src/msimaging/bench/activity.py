@@ -384,7 +384,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 figures.update({f"refpath_{k}": v for k, v in p12_figures(p12).items()})
         else:
             print(f"{p12}: not present; sub-p12 figures skipped")
-    shown = {k: v for k, v in figures.items() if k not in ("per_pair", "per_session", "gd_implant_rows", "detectability")}
+    shown = {k: v for k, v in figures.items() if k not in ("per_pair", "per_session", "gd_implant_rows", "gd_candidates",
+                                                            "detectability")}
     # what each change holds where it is (oracle localisation) against the null of no-change pairs
     shown.update({f"detectability_{k}": v for k, v in figures.get("detectability", {}).items()
                   if not isinstance(v, list)})
