@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="[activity] folder for the real-background case and its cached pipeline run")
     parser.add_argument("--skip-gd-real", action="store_true",
                         help="[activity] no Gd+ figures on sub-p07's real ce-T1w and its implanted cases")
+    parser.add_argument("--gd-seeds", type=int, nargs="+", default=None,
+                        help="[activity] seeds of the implanted Gd+ cases (default 0-9; 10-19 were never "
+                             "looked at while choosing the rules)")
     parser.add_argument("--activity-reference-path", action="store_true",
                         help="[activity] also the former sub-p12 figures (reference brain masks and transforms, "
                              "flat priors) besides the pipeline's own path")
@@ -368,10 +371,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     p12 = Path(args.shared_data) / "ms-longitudinal"
     if not args.skip_real and not getattr(args, "skip_gd_real", False):
         if (Path(args.shared_data) / "ms-crosssectional").is_dir():
-            from msimaging.bench.enhancing_real import real_gd_figures
+            from msimaging.bench.enhancing_real import SEEDS, real_gd_figures
 
             # Gd+ on a real post-contrast scan and implanted enhancing lesions among its real vessels
-            figures.update(real_gd_figures(Path(args.shared_data), args.activity_real_work))
+            seeds = tuple(args.gd_seeds) if getattr(args, "gd_seeds", None) else SEEDS
+            figures.update(real_gd_figures(Path(args.shared_data), args.activity_real_work, seeds=seeds))
         else:
             print(f"{args.shared_data}/ms-crosssectional: not present; real Gd+ figures skipped")
     if not args.skip_real:
