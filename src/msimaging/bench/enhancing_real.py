@@ -107,17 +107,17 @@ def replay(table: Mapping[str, Any], decide: Callable[[Mapping[str, Any]], bool]
                 out.append(r)
         return out
 
-    def false(rows: list[Mapping[str, Any]]) -> int:
-        units = {int(r.get("part_of", r["candidate"])) for r in accepted(rows) if not r["hits"] and not r["in_expert"]}
-        return len(units)
+    def false(kept: list[Mapping[str, Any]]) -> int:
+        return len({int(r.get("part_of", r["candidate"])) for r in kept if not r["hits"] and not r["in_expert"]})
 
-    out: dict[str, float] = {"gd_real_outside_t2": float(false(table["real"]))}
+    out: dict[str, float] = {"gd_real_outside_t2": float(false(accepted(table["real"])))}
     found: list[tuple[float, bool]] = []
     n_false = 0
     for case in table["cases"]:
-        hit = {h for r in accepted(case["candidates"]) for h in r["hits"]}
+        kept = accepted(case["candidates"])
+        hit = {h for r in kept for h in r["hits"]}
         found += [(float(les["volume_mm3_1mm"]), les["label"] in hit) for les in case["lesions"]]
-        n_false += false(case["candidates"])
+        n_false += false(kept)
     for lo, hi in SIZE_BINS_MM3:
         sel = [f for v, f in found if lo <= v < hi]
         out[f"gd_implant_recall_{lo:.0f}-{hi:.0f}mm3"] = round(float(np.mean(sel)), 3) if sel else float("nan")
