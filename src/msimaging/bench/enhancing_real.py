@@ -86,6 +86,18 @@ def candidate_rows(found: Any, truth: np.ndarray | None, expert_near: np.ndarray
     return out
 
 
+def recall_by_size(found: list[tuple[float, bool]]) -> dict[str, float]:
+    """Recall per size bin (``"10-20mm3"``, ...) and for ``"ge20mm3"`` of (1 mm volume, found) pairs."""
+    from msimaging.implant_enhancing import SIZE_BINS_MM3
+
+    def rate(sel: list[bool]) -> float:
+        return round(float(np.mean(sel)), 3) if sel else float("nan")
+
+    out = {f"{lo:.0f}-{hi:.0f}mm3": rate([f for v, f in found if lo <= v < hi]) for lo, hi in SIZE_BINS_MM3}
+    out["ge20mm3"] = rate([f for v, f in found if v >= 20])
+    return out
+
+
 def replay(table: Mapping[str, Any], decide: Callable[[Mapping[str, Any]], bool]) -> dict[str, float]:
     """The Gd+ figures of a candidate table (``gd_candidates``) under the decision ``decide``.
 
@@ -93,8 +105,6 @@ def replay(table: Mapping[str, Any], decide: Callable[[Mapping[str, Any]], bool]
     considered only when ``decide`` rejects the candidate, and its accepted parts that overlap no
     implant and lie outside the expert mask count as one false lesion (they touch: one component).
     """
-    from msimaging.implant_enhancing import SIZE_BINS_MM3
-
     def accepted(rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         whole = {int(r["candidate"]): decide(r) for r in rows if "part_of" not in r}
         out = []
@@ -118,11 +128,7 @@ def replay(table: Mapping[str, Any], decide: Callable[[Mapping[str, Any]], bool]
         hit = {h for r in kept for h in r["hits"]}
         found += [(float(les["volume_mm3_1mm"]), les["label"] in hit) for les in case["lesions"]]
         n_false += false(kept)
-    for lo, hi in SIZE_BINS_MM3:
-        sel = [f for v, f in found if lo <= v < hi]
-        out[f"gd_implant_recall_{lo:.0f}-{hi:.0f}mm3"] = round(float(np.mean(sel)), 3) if sel else float("nan")
-    big = [f for v, f in found if v >= 20]
-    out["gd_implant_recall_ge20mm3"] = round(float(np.mean(big)), 3) if big else float("nan")
+    out.update({f"gd_implant_recall_{k}": v for k, v in recall_by_size(found).items()})
     out["gd_implant_false_per_scan"] = round(n_false / max(len(table["cases"]), 1), 3)
     return out
 
@@ -203,16 +209,14 @@ def real_gd_figures(shared: Path, work: Path, cfg: dict[str, Any] | None = None,
     n = max(len(seeds), 1)
     figures["gd_implant_scans"] = len(seeds)
     figures["gd_implant_lesions"] = len(rows)
+    recall = recall_by_size([(r["volume_mm3_1mm"], r["found"]) for r in rows])
+    naive_recall = recall_by_size([(r["volume_mm3_1mm"], r["naive_found"]) for r in rows])
     for lo, hi in SIZE_BINS_MM3:
-        sel = [r for r in rows if lo <= r["volume_mm3_1mm"] < hi]
         key = f"{lo:.0f}-{hi:.0f}mm3"
-        figures[f"gd_implant_recall_{key}"] = round(float(np.mean([r["found"] for r in sel])), 3) if sel else float("nan")
-        figures[f"gd_implant_naive_recall_{key}"] = round(float(np.mean([r["naive_found"] for r in sel])), 3) if sel else float("nan")
-        figures[f"gd_implant_n_{key}"] = len(sel)
-    big = [r for r in rows if r["volume_mm3_1mm"] >= 20]
-    small = [r for r in rows if 10 <= r["volume_mm3_1mm"] < 20]
-    figures["gd_implant_recall_ge20mm3"] = round(float(np.mean([r["found"] for r in big])), 3) if big else float("nan")
-    figures["gd_implant_recall_10-20mm3"] = round(float(np.mean([r["found"] for r in small])), 3) if small else float("nan")
+        figures[f"gd_implant_recall_{key}"] = recall[key]
+        figures[f"gd_implant_naive_recall_{key}"] = naive_recall[key]
+        figures[f"gd_implant_n_{key}"] = sum(lo <= r["volume_mm3_1mm"] < hi for r in rows)
+    figures["gd_implant_recall_ge20mm3"] = recall["ge20mm3"]
     for pattern in ("nodular", "ring"):
         sel = [r for r in rows if r["pattern"] == pattern]
         figures[f"gd_implant_recall_{pattern}"] = round(float(np.mean([r["found"] for r in sel])), 3) if sel else float("nan")
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return figures
 
 
-__all__ = ["SEEDS", "candidate_rows", "replay", "real_gd_figures", "main"]
+__all__ = ["SEEDS", "candidate_rows", "recall_by_size", "replay", "real_gd_figures", "main"]
 
 
 if __name__ == "__main__":
