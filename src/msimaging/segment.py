@@ -625,26 +625,37 @@ def model_probability(images: Mapping[str, np.ndarray], affine: np.ndarray, brai
     prob = 1.0 / (1.0 + np.exp(-np.clip(logit - shift, -40, 40)))
     prob = np.where(lut[labels], prob, 0.0).astype(np.float32)
     if half_max > 0 and keep.any():
-        # partial volume: a voxel is lesion when at least half lesion, i.e. its excess over NAWM is at
-        # least half the lesion's own (local) peak excess. One intensity cut cannot be right for faint
-        # real lesions and bright ones alike (a bright lesion's 30 % partial-volume rim is as bright
-        # as a faint lesion's core)
-        kept = lut[labels]
-        reach = ball(max(half_max_mm, 1.01 * float(voxel_sizes(affine).max())), affine)  # at least one voxel
-        box = bounding_box(kept, np.asarray(reach.shape) // 2)
-        hyper = model.contrasts[0]
-        excess = np.asarray(images[hyper], np.float32)[box] / np.maximum(ev.refs[hyper][box], 1e-6) - 1.0
-        inside = np.where(kept[box], excess, 0.0)
-        if half_max_smooth:   # the peak of the lesion's smoothed excess (voxel noise and texture averaged)
-            inside = np.where(kept[box], smooth_mm(inside, affine, 1.0) / np.maximum(
-                smooth_mm(kept[box].astype(np.float32), affine, 1.0), 1e-3), 0.0)
-        peak = ndi.maximum_filter(inside, footprint=reach, mode="constant")
-        below = kept[box] & (excess < half_max * peak)
-        sub = prob[box]
-        figures["half_max_voxels_removed"] = int((below & (sub >= 0.5)).sum())
-        sub[below] = np.minimum(sub[below], 0.25)
-        prob[box] = sub
+        below = half_max_cut(lut[labels], np.asarray(images[model.contrasts[0]], np.float32),
+                             ev.refs[model.contrasts[0]], affine, half_max, half_max_mm, half_max_smooth)
+        figures["half_max_voxels_removed"] = int((below & (prob >= 0.5)).sum())
+        prob[below] = np.minimum(prob[below], 0.25)
     return prob, figures
+
+
+def half_max_cut(kept: np.ndarray, hyper: np.ndarray, nawm: np.ndarray, affine: np.ndarray, fraction: float = 0.5,
+                 radius_mm: float = 2.0, smooth: bool = True) -> np.ndarray:
+    """Voxels of the lesions ``kept`` that are less than half lesion (a partial-volume boundary).
+
+    A voxel is lesion when its excess of ``hyper`` over ``nawm`` is at least ``fraction`` x the
+    lesion's own local peak excess: the maximum within ``radius_mm`` (at least one voxel), of the
+    excess smoothed by 1 mm when ``smooth`` (voxel noise and texture averaged). One intensity cut
+    cannot be right for faint real lesions and bright ones alike (a bright lesion's 30 % partial-
+    volume rim is as bright as a faint lesion's core).
+    """
+    below = np.zeros(kept.shape, bool)
+    if not kept.any():
+        return below
+    reach = ball(max(radius_mm, 1.01 * float(voxel_sizes(affine).max())), affine)  # at least one voxel
+    box = bounding_box(kept, np.asarray(reach.shape) // 2)
+    k = kept[box]
+    excess = hyper[box] / np.maximum(nawm[box], 1e-6) - 1.0
+    inside = np.where(k, excess, 0.0)
+    if smooth:
+        inside = np.where(k, smooth_mm(inside, affine, 1.0) / np.maximum(smooth_mm(k.astype(np.float32), affine, 1.0),
+                                                                         1e-3), 0.0)
+    peak = ndi.maximum_filter(inside, footprint=reach, mode="constant")
+    below[box] = k & (excess < fraction * peak)
+    return below
 
 
 def candidate_components(images: Mapping[str, np.ndarray], affine: np.ndarray, brain: np.ndarray, ev: Evidence,

@@ -24,7 +24,8 @@ def test_lesion_model_quadratic_form_equals_the_fitted_regression() -> None:
 
 def test_component_training_scores_what_the_segmentation_outputs() -> None:
     """A kept candidate left with no voxel at the chosen odds is no lesion: it neither counts as a
-    prediction nor detects the truth lesion it overlapped only below those odds."""
+    prediction nor detects the truth lesion it overlapped only below those odds. Precision counts the
+    lesions of the final mask: a candidate the cut splits in two is two predictions."""
     from msimaging.bench.lesion_training import case_score
 
     # candidate 1 covers truth lesion 1 at both odds; candidate 2 covers truth lesion 2 only at
@@ -32,11 +33,50 @@ def test_component_training_scores_what_the_segmentation_outputs() -> None:
     c = {"skip": np.zeros(2, bool), "y": np.ones(2), "truth_voxels": 20, "truth_lesions": 2,
          "odds": {0.35: (np.array([10.0, 10.0]), np.array([10.0, 10.0])),
                   1.0: (np.array([10.0, 0.0]), np.array([10.0, 0.0]))},
+         "lesions": {0.35: (np.array([1.0, 1.0]), np.array([1.0, 1.0])),
+                     1.0: (np.array([1.0, 0.0]), np.array([1.0, 0.0]))},
          "pairs": {0.35: np.array([[1, 1], [2, 2]]), 1.0: np.array([[1, 1]])}}
     keep = np.array([True, True])
     assert case_score(c, keep, 0.35) == 1.0                 # Dice 1, F1 1
     # at odds 1.0: Dice 2*10/(10+20) = 0.667; P 1/1, R 1/2 -> F1 0.667
     assert abs(case_score(c, keep, 1.0) - 2 / 3) < 1e-9
+    # candidate 2 ends as two final lesions, one of them off the truth: P 2/3, R 1 -> F1 0.8
+    c["lesions"][0.35] = (np.array([1.0, 2.0]), np.array([1.0, 1.0]))
+    assert abs(case_score(c, keep, 0.35) - (1.0 + 0.8) / 2) < 1e-9
+
+
+def test_component_training_sees_the_final_mask_of_each_candidate() -> None:
+    """The voxels, lesions and truth pairs of each candidate are those the pipeline outputs: above
+    the odds, less the half-maximum cut and the lesion rules (too small a remnant is no lesion)."""
+    from scipy import ndimage as ndi
+
+    from msimaging.bench import lesion_training as LT
+    from msimaging.lesions import LesionRules
+    from msimaging.segment import SegmentOptions
+
+    shape = (30, 30, 30)
+    aff = np.eye(4)
+    truth = np.zeros(shape, bool)
+    truth[5:9, 5:9, 5:9] = True            # 64 voxels
+    truth[20:23, 20:23, 20:23] = True      # 27 voxels
+    logit = np.full(shape, -5.0, np.float32)
+    logit[4:10, 4:10, 4:10] = 1.0          # candidate 1 at odds <= e^1, truth lesion 1 and a rim
+    logit[20:23, 20:23, 20:23] = -1.0      # candidate 2 only below odds e^-1 (0.37)
+    logit[20, 20, 20] = 1.0                # ... of which 1 voxel survives higher odds: below the rules
+    labels, n = ndi.label(logit >= np.log(0.2), np.ones((3, 3, 3), bool))
+    stats = LT.final_lesion_stats(labels, logit, truth, aff, (0.3, 0.6), SegmentOptions(model_half_max=0.0),
+                                  LesionRules(min_volume_mm3=10.0, min_voxels=3),
+                                  np.ones(shape, np.float32), np.ones(shape, np.float32))
+    assert n == 2
+    c1, c2 = int(labels[6, 6, 6]) - 1, int(labels[21, 21, 21]) - 1
+    assert stats["odds"][0.3][0][[c1, c2]].tolist() == [216.0, 27.0]
+    assert stats["odds"][0.6][0][[c1, c2]].tolist() == [216.0, 0.0]      # the 1-voxel remnant is dropped
+    assert stats["lesions"][0.6][0][[c1, c2]].tolist() == [1.0, 0.0]
+    assert sorted(map(tuple, stats["pairs"][0.3].tolist())) == sorted([(1, c1 + 1), (2, c2 + 1)])
+    assert sorted(map(tuple, stats["pairs"][0.6].tolist())) == [(1, c1 + 1)]
+    # the lowest odds tried keeps every voxel of a candidate (what lies below is no candidate)
+    from msimaging.lesion_model import CANDIDATE_ODDS
+    assert LT.VOXEL_ODDS[0] == CANDIDATE_ODDS
 
 
 def _synthetic(n: int, names: list[str], rng: np.random.Generator) -> np.ndarray:

@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def case_components(bg: Any, mask_path: Path, cfg: dict[str, Any], voxel_model: Any) -> dict[str, Any]:
     """Candidate components of one implanted training case: features, labels and voxel counts."""
-    from msimaging.lesions import label_lesions
+    from msimaging.lesions import label_lesions, rules_from_config
     from msimaging.segment import candidate_components, distance_to_surface_mm, tissue_evidence, voxel_features
 
     sess = bg.session
@@ -374,33 +374,67 @@ def case_components(bg: Any, mask_path: Path, cfg: dict[str, Any], voxel_model: 
     idx = lab[sel]
     size = np.bincount(idx, minlength=n + 1)[1:]
     tp = np.bincount(idx, weights=truth.ravel()[sel].astype(float), minlength=n + 1)[1:]
-    odds, pairs = {}, {}
-    t_sel = t_lab.ravel()[sel]
-    for o in VOXEL_ODDS:
-        above = logit.ravel()[sel] >= np.log(o)
-        odds[o] = (np.bincount(idx, weights=above.astype(float), minlength=n + 1)[1:],
-                   np.bincount(idx, weights=above * truth.ravel()[sel], minlength=n + 1)[1:])
-        # (truth lesion, candidate) pairs that overlap on the voxels a kept candidate keeps at these odds
-        p = np.unique(np.stack([t_sel[above], idx[above]], 1), axis=0)
-        pairs[o] = p[p[:, 0] > 0]
+    out = final_lesion_stats(labels, logit, truth, sess.affine, VOXEL_ODDS, options, rules_from_config(cfg),
+                             np.asarray(used[cs[0]], np.float32), ev.refs[cs[0]])
+    odds, lesions, pairs = out["odds"], out["lesions"], out["pairs"]
     y = (tp > 0).astype(float)
     skip = (np.bincount(idx, weights=exclude.ravel()[sel].astype(float), minlength=n + 1)[1:] > 0) & (tp == 0)
-    return {"features": feats, "y": y, "skip": skip, "size": size, "tp": tp, "odds": odds,
+    return {"features": feats, "y": y, "skip": skip, "size": size, "tp": tp, "odds": odds, "lesions": lesions,
             "truth_voxels": int(truth.sum()), "truth_lesions": int(t_lab.max()), "pairs": pairs,
             "name": f"{sess.name}+{mask_path.name.split('_')[0]}"}
 
 
-#: Voxel odds (relative to the voxel model's threshold) tried for the voxels of kept components.
-VOXEL_ODDS = (0.35, 0.6, 1.0)
+def final_lesion_stats(labels: np.ndarray, logit: np.ndarray, truth: np.ndarray, affine: np.ndarray,
+                       odds: tuple[float, ...], options: Any, rules: Any, hyper: np.ndarray, nawm: np.ndarray
+                       ) -> dict[str, dict[float, Any]]:
+    """What the pipeline outputs of each candidate (``labels`` 1..n) at each voxel odds: its voxels
+    with ``logit`` above the odds, less the half-maximum cut (:func:`msimaging.segment.half_max_cut`,
+    here with every candidate kept: a kept neighbour within 2 mm could change a peak) and less what
+    the lesion ``rules`` drop (too small a remnant).
+
+    Per odds: ``odds`` (voxels, voxels on ``truth``) per candidate; ``lesions`` (final lesions, those
+    on the truth) per candidate (a final lesion lies in one candidate); ``pairs`` the (truth lesion,
+    candidate) pairs that overlap on those voxels.
+    """
+    from msimaging.lesions import label_lesions
+    from msimaging.segment import half_max_cut
+
+    n = int(labels.max())
+    below = (half_max_cut(labels > 0, hyper, nawm, affine, options.model_half_max, options.model_half_max_mm,
+                          options.model_half_max_smooth)
+             if options.model_half_max > 0 else np.zeros(labels.shape, bool))
+    sel = labels.ravel() > 0
+    idx = labels.ravel()[sel]
+    t_sel = label_lesions(truth, affine).ravel()[sel]
+    y_sel = truth.ravel()[sel].astype(float)
+    out: dict[str, dict[float, Any]] = {"odds": {}, "lesions": {}, "pairs": {}}
+    for o in odds:
+        final = label_lesions((labels > 0) & (logit >= np.log(o)) & ~below, affine, rules).ravel()[sel]
+        on = final > 0
+        out["odds"][o] = (np.bincount(idx, weights=on.astype(float), minlength=n + 1)[1:],
+                          np.bincount(idx, weights=on * y_sel, minlength=n + 1)[1:])
+        own = np.unique(np.stack([final[on], idx[on]], 1), axis=0)
+        on_truth = np.bincount(final[on], weights=y_sel[on], minlength=int(final.max(initial=0)) + 1) > 0
+        out["lesions"][o] = (np.bincount(own[:, 1], minlength=n + 1)[1:],
+                             np.bincount(own[:, 1], weights=on_truth[own[:, 0]].astype(float), minlength=n + 1)[1:])
+        p = np.unique(np.stack([t_sel[on], idx[on]], 1), axis=0)
+        out["pairs"][o] = p[p[:, 0] > 0]
+    return out
+
+
+#: Voxel odds (relative to the voxel model's threshold) tried for the voxels of kept components; the
+#: lowest is ``CANDIDATE_ODDS``: every voxel of the candidate.
+VOXEL_ODDS = (0.35, 0.45, 0.6, 1.0)
 
 
 def case_score(c: dict[str, Any], keep: np.ndarray, odds: float) -> float:
     """(Dice + lesion F1) / 2 of one case for a keep decision per candidate (skipped: not kept)."""
     n_vox, tp_vox = c["odds"][odds]
+    n_les, tp_les = c["lesions"][odds]
     keep = keep & ~c["skip"] & (n_vox > 0)
     dice = 2 * float(tp_vox[keep].sum()) / max(float(n_vox[keep].sum()) + c["truth_voxels"], 1.0)
-    kept = int(keep.sum())
-    tp_c = int((keep & (tp_vox > 0)).sum())
+    kept = int(n_les[keep].sum())   # lesions of the final mask, as the bench counts them
+    tp_c = int(tp_les[keep].sum())
     detected = len({int(a) for a, b in c["pairs"][odds] if keep[int(b) - 1]})
     p = tp_c / kept if kept else 0.0
     r = detected / c["truth_lesions"] if c["truth_lesions"] else 1.0
