@@ -95,6 +95,7 @@ class EnhancingRules:
     max_symmetric_fraction: float = 0.6  # any size: more than this fraction mirrored is symmetric anatomy
     t2_split_voxels: float = 1.0    # rejected candidates: a second look, split where they leave the T2 lesions (0: off)
     t2_support_probability: float = 0.5  # with the T2-lesion model: T2 lesions whose peak probability is below this are no support
+    t2_support_voxel_probability: float = 0.375  # ... and their voxels below this are no support (their fringe)
     min_volume_mm3: float = 10.0
 
     @classmethod
@@ -176,19 +177,28 @@ def tubularity(z: np.ndarray, affine: np.ndarray, box: tuple[slice, ...], comp: 
     return best
 
 
-def supported_lesions(t2_lesions: np.ndarray, t2_probability: np.ndarray | None, min_peak: float) -> np.ndarray:
-    """The T2 lesions (connected components) whose peak T2-model voxel probability reaches ``min_peak``.
+def supported_lesions(t2_lesions: np.ndarray, t2_probability: np.ndarray | None, min_peak: float,
+                      min_voxel: float = 0.0) -> np.ndarray:
+    """The T2 lesions (connected components) whose peak T2-model voxel probability reaches ``min_peak``,
+    each only where its voxel probability reaches ``min_voxel`` (its core).
 
     The probability is the voxel-wise evidence model's (0.5 at its threshold): a T2 lesion with no
     voxel above it was kept on weaker evidence (a size-balanced segmentation model keeps small
-    faint components) and does not make an enhancing candidate lesion-like. Without a probability,
-    or with ``min_peak`` 0, every lesion supports.
+    faint components) and does not make an enhancing candidate lesion-like. The segmentation keeps
+    a fringe of weaker voxels around its lesions (for the lesion count, :mod:`msimaging.segment`);
+    enhancement reaching only that fringe is not evidence. Without a probability, or with
+    ``min_peak`` and ``min_voxel`` 0, every lesion voxel supports.
     """
     t2_lesions = np.asarray(t2_lesions, dtype=bool)
-    if t2_probability is None or min_peak <= 0 or not t2_lesions.any():
+    if t2_probability is None or not t2_lesions.any():
+        return t2_lesions
+    prob = np.asarray(t2_probability, np.float32)
+    if min_voxel > 0:
+        t2_lesions = t2_lesions & (prob >= min_voxel)
+    if min_peak <= 0 or not t2_lesions.any():
         return t2_lesions
     lab, n = ndi.label(t2_lesions, structure=CONNECTIVITY)
-    peak = ndi.maximum(np.asarray(t2_probability, np.float32), lab, index=np.arange(1, n + 1))
+    peak = ndi.maximum(prob, lab, index=np.arange(1, n + 1))
     keep = np.concatenate([[False], np.asarray(peak) >= min_peak])
     return keep[lab]
 
@@ -382,7 +392,8 @@ def detect(
     # T2 lesions the T2-lesion model's voxel-wise probability supports: they make a candidate
     # lesion-like and give rejected candidates their second look
     support = None if t2_lesions is None else supported_lesions(t2_lesions, t2_probability,
-                                                                 rules.t2_support_probability)
+                                                                 rules.t2_support_probability,
+                                                                 rules.t2_support_voxel_probability)
     evidence = candidate_evidence(labels, z, affine, images, nawm, near_csf, support, wm_prior,
                                   t2_probability, mirrored)
     lut, candidates = _decide(evidence, rules)
