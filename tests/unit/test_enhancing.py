@@ -116,6 +116,13 @@ def test_supported_lesions_keeps_the_t2_lesions_the_model_supports() -> None:
     assert kept[2:5, 2:5, 2:5].all() and not kept[10:14, 10:14, 10:14].any()
     assert (supported_lesions(t2, prob, 0.0) == t2).all()      # 0: every lesion
     assert (supported_lesions(t2, None, 0.5) == t2).all()      # no model: every lesion
+    # its core only: the fringe the segmentation keeps below the voxel floor is no evidence
+    core = supported_lesions(t2, prob, 0.5, 0.35)
+    assert core.sum() == 1 and core[3, 3, 3]
+    prob[2:5, 2:5, 2] = 0.4               # a core of 10 voxels
+    core = supported_lesions(t2, prob, 0.5, 0.35)
+    assert core.sum() == 10 and not core[10:14, 10:14, 10:14].any()
+    assert (supported_lesions(t2, prob, 0.0, 0.35) == (t2 & (prob >= 0.35))).all()   # no peak rule: every core
 
 
 def test_a_t2_lesion_without_model_support_gives_no_second_look():
