@@ -51,7 +51,7 @@ def test_component_training_sees_the_final_mask_of_each_candidate() -> None:
     from scipy import ndimage as ndi
 
     from msimaging.bench import lesion_training as LT
-    from msimaging.lesions import LesionRules
+    from msimaging.lesions import LesionRules, label_lesions
     from msimaging.segment import SegmentOptions
 
     shape = (30, 30, 30)
@@ -64,7 +64,7 @@ def test_component_training_sees_the_final_mask_of_each_candidate() -> None:
     logit[20:23, 20:23, 20:23] = -1.0      # candidate 2 only below odds e^-1 (0.37)
     logit[20, 20, 20] = 1.0                # ... of which 1 voxel survives higher odds: below the rules
     labels, n = ndi.label(logit >= np.log(0.2), np.ones((3, 3, 3), bool))
-    stats = LT.final_lesion_stats(labels, logit, truth, aff, (0.3, 0.6), SegmentOptions(model_half_max=0.0),
+    stats = LT.final_lesion_stats(labels, logit, truth, label_lesions(truth, aff), aff, (0.3, 0.6), SegmentOptions(model_half_max=0.0),
                                   LesionRules(min_volume_mm3=10.0, min_voxels=3),
                                   np.ones(shape, np.float32), np.ones(shape, np.float32))
     assert n == 2

@@ -374,7 +374,7 @@ def case_components(bg: Any, mask_path: Path, cfg: dict[str, Any], voxel_model: 
     idx = lab[sel]
     size = np.bincount(idx, minlength=n + 1)[1:]
     tp = np.bincount(idx, weights=truth.ravel()[sel].astype(float), minlength=n + 1)[1:]
-    out = final_lesion_stats(labels, logit, truth, sess.affine, VOXEL_ODDS, options, rules_from_config(cfg),
+    out = final_lesion_stats(labels, logit, truth, t_lab, sess.affine, VOXEL_ODDS, options, rules_from_config(cfg),
                              np.asarray(used[cs[0]], np.float32), ev.refs[cs[0]])
     odds, lesions, pairs = out["odds"], out["lesions"], out["pairs"]
     y = (tp > 0).astype(float)
@@ -384,15 +384,16 @@ def case_components(bg: Any, mask_path: Path, cfg: dict[str, Any], voxel_model: 
             "name": f"{sess.name}+{mask_path.name.split('_')[0]}"}
 
 
-def final_lesion_stats(labels: np.ndarray, logit: np.ndarray, truth: np.ndarray, affine: np.ndarray,
-                       odds: tuple[float, ...], options: Any, rules: Any, hyper: np.ndarray, nawm: np.ndarray
-                       ) -> dict[str, dict[float, Any]]:
+def final_lesion_stats(labels: np.ndarray, logit: np.ndarray, truth: np.ndarray, truth_labels: np.ndarray,
+                       affine: np.ndarray, odds: tuple[float, ...], options: Any, rules: Any, hyper: np.ndarray,
+                       nawm: np.ndarray) -> dict[str, dict[float, Any]]:
     """What the pipeline outputs of each candidate (``labels`` 1..n) at each voxel odds: its voxels
     with ``logit`` above the odds, less the half-maximum cut (:func:`msimaging.segment.half_max_cut`,
     here with every candidate kept: a kept neighbour within 2 mm could change a peak) and less what
     the lesion ``rules`` drop (too small a remnant).
 
-    Per odds: ``odds`` (voxels, voxels on ``truth``) per candidate; ``lesions`` (final lesions, those
+    ``truth_labels``: the lesions of ``truth`` (:func:`msimaging.lesions.label_lesions`). Per odds:
+    ``odds`` (voxels, voxels on ``truth``) per candidate; ``lesions`` (final lesions, those
     on the truth) per candidate (a final lesion lies in one candidate); ``pairs`` the (truth lesion,
     candidate) pairs that overlap on those voxels.
     """
@@ -405,8 +406,8 @@ def final_lesion_stats(labels: np.ndarray, logit: np.ndarray, truth: np.ndarray,
              if options.model_half_max > 0 else np.zeros(labels.shape, bool))
     sel = labels.ravel() > 0
     idx = labels.ravel()[sel]
-    t_sel = label_lesions(truth, affine).ravel()[sel]
-    y_sel = truth.ravel()[sel].astype(float)
+    t_sel = np.asarray(truth_labels).ravel()[sel]
+    y_sel = np.asarray(truth).ravel()[sel].astype(float)
     out: dict[str, dict[float, Any]] = {"odds": {}, "lesions": {}, "pairs": {}}
     for o in odds:
         final = label_lesions((labels > 0) & (logit >= np.log(o)) & ~below, affine, rules).ravel()[sel]
